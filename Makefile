@@ -1,0 +1,45 @@
+# Bastion: the two set-up commands are `make demo` and `make test`.
+# Both create .venv when missing and (re)install only when pyproject.toml changed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bastion-installed
+DEMO_MODEL := models/cnn7.st
+
+.PHONY: install demo test test-fast crosscheck bench lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Train once; later runs reuse the checkpoint.
+$(DEMO_MODEL): | $(STAMP)
+	$(BIN)/bastion train --model cnn7 --data mnist-5k --epochs 5 --out $@
+
+demo: $(STAMP) $(DEMO_MODEL)
+	$(BIN)/bastion audit --model $(DEMO_MODEL) --data mnist-5k --n 500 --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not crosscheck"
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not crosscheck and not slow"
+
+# Optional: compares results with torchattacks / Foolbox / ART (installs them first).
+crosscheck: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[crosscheck]'
+	$(BIN)/python -m pytest -q -m crosscheck
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks experiments
+
+clean:
+	rm -rf runs .cache .pytest_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""The evasion-attack contract: `attack(model, x, y, target=None) -> AttackResult`.
+
+An attack is a dataclass whose fields are its parameters (defaults from the source
+paper). Subclasses implement `_run`, which receives validated inputs already on the
+model's device and returns the adversarial batch; `__call__` does validation, timing,
+predictions, success and the result object, so every attack behaves the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+
+from bastion.core import AttackResult, Classifier, ConfigError, InputError, check_labels
+
+FIXED_BUDGET = "fixed-budget"
+MINIMUM_NORM = "minimum-norm"
+
+
+@dataclass
+class RunOutput:
+    """What `_run` hands back: the adversarial batch plus optional per-example queries
+    and attack-specific extras."""
+
+    x_adv: torch.Tensor
+    queries: torch.Tensor | None = None
+    extras: dict[str, Any] | None = None
+
+
+def check_probabilities(model: Classifier, x: torch.Tensor) -> None:
+    """Refuse a model whose outputs already look like probabilities: losses and margins
+    computed on them are wrong (a classic silent failure of peer libraries)."""
+    with torch.no_grad():
+        out = model(x[: min(8, x.shape[0])])
+    if out.numel() and bool((out >= 0).all()) and bool((out <= 1).all()):
+        if torch.allclose(out.sum(-1), torch.ones(out.shape[0], device=out.device), atol=1e-4):
+            raise InputError("the model returns probabilities (rows in [0, 1] summing to 1); "
+                             "attacks need logits: remove the final softmax")
+
+
+@dataclass
+class Attack:
+    """Base class of evasion attacks. Class attributes describe the attack for the
+    registry and the CLI: `name`, `kind` (fixed-budget or minimum-norm), `norms`,
+    `supports_targeted`, `black_box` (needs no gradients)."""
+
+    name: ClassVar[str] = "attack"
+    kind: ClassVar[str] = FIXED_BUDGET
+    norms: ClassVar[tuple[str, ...]] = ("linf",)
+    supports_targeted: ClassVar[bool] = True
+    black_box: ClassVar[bool] = False
+
+    def validate(self) -> None:
+        """Check parameters; subclasses extend. Called before any work."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("eps", "steps", "alpha", "step_size", "max_iter", "restarts",
+                          "max_queries") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                if v < 0 or v != v:
+                    raise ConfigError(f"{self.name}: {f.name} must be non-negative, got {v}")
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+    def __call__(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
+                 target: torch.Tensor | None = None) -> AttackResult:
+        self.validate()
+        if not isinstance(model, Classifier):
+            raise InputError("attacks take a bastion Classifier; wrap your module with "
+                             "bastion.Classifier(module, InputSpec(...), num_classes)")
+        model.check(x, y)
+        if target is not None:
+            if not self.supports_targeted:
+                raise ConfigError(f"{self.name} is untargeted only")
+            check_labels(target, model.num_classes, x.shape[0], name="target")
+            if bool((target.cpu() == y.cpu()).any()):
+                raise InputError("target labels must differ from the true labels")
+        dev = model.device
+        x = x.detach().to(dev, torch.float32)
+        y = y.to(dev, torch.long)
+        target = None if target is None else target.to(dev, torch.long)
+        if x.shape[0] == 0:
+            raise InputError("empty input batch")
+        check_probabilities(model, x)
+        was_training = model.training
+        model.eval()
+        start = time.perf_counter()
+        try:
+            out = self._run(model, x, y, target)
+        finally:
+            model.train(was_training)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        wall = time.perf_counter() - start
+        lo, hi = model.spec.bounds
+        x_adv = out.x_adv.detach().clamp(lo, hi)
+        pred_clean = model.predict(x)
+        pred_adv = model.predict(x_adv)
+        success = pred_adv == target if target is not None else pred_adv != y
+        return AttackResult(x=x, x_adv=x_adv, y=y, success=success, pred_clean=pred_clean,
+                            pred_adv=pred_adv, target=target, queries=out.queries, wall_time=wall,
+                            attack=self.name, params=self.params(), extras=out.extras or {})
+
+    def _run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
+             target: torch.Tensor | None) -> RunOutput:
+        raise NotImplementedError

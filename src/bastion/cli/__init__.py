@@ -1,0 +1,1 @@
+"""Command-line interface (typer): thin wrappers that parse, call the library and print."""

@@ -1,0 +1,48 @@
+"""`bastion audit`: run the configured attacks against a checkpoint, print a table,
+write results.json and a self-contained report.html (resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bastion.cli.app import app
+from bastion.cli.common import DEVICE_OPTION, JSON_OPTION, ROOT_OPTION, console, emit, table
+
+
+@app.command("audit")
+def audit_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.st) to audit."),
+    data: str = typer.Option(None, "--data", "-d", help="Data set (default: the checkpoint's)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Audit config YAML (default: FGSM + PGD "
+                                "at eps 0.05..0.3)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder, e.g. runs/NAME (re-use it to resume)."),
+    n: int = typer.Option(None, "--n", help="Examples to evaluate (overrides the config)."),
+    seed: int = typer.Option(None, "--seed", help="Seed (overrides the config)."),
+    root: Path = ROOT_OPTION,
+    device: str = DEVICE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Audit a model: attacks over budgets, a table here, results.json + report.html in --out."""
+    from bastion.audit import load_config, run_audit
+    from bastion.core import ConfigError
+
+    cfg = load_config(config)
+    if n is not None:
+        if n < 1:
+            raise ConfigError(f"--n must be >= 1, got {n}")
+        cfg.data.n = n
+    if seed is not None:
+        cfg.seed = seed
+    run = run_audit(model, cfg, out, data=data, device=device, root=root)
+    res = run.results
+    console.print(f"[bold]{res['model']['name']}[/] on {res['data']['name']} ({res['data']['n']} examples): "
+                  f"clean accuracy {res['clean_accuracy']:.4f}", highlight=False)
+    for sec in run.sections:
+        for t in sec.tables:
+            console.print(table(f"{sec.name}: {t.title}", t.columns, t.rows))
+    console.print(f"steps: {run.new_steps} run, {run.cached_steps} reused from {out}", highlight=False)
+    console.print(f"[green]report[/] {out / 'report.html'}   [green]results[/] {out / 'results.json'}",
+                  highlight=False)
+    emit(res, as_json)

@@ -1,0 +1,89 @@
+"""Shared CLI plumbing: console on stderr, JSON on stdout, option parsing helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bastion.core import ConfigError
+
+# Human-readable output goes to stderr so that `--json` leaves stdout clean for scripts.
+console = Console(stderr=True)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+SEED_OPTION = typer.Option(0, "--seed", help="Random seed.")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda.")
+ROOT_OPTION = typer.Option(None, "--root", help="Folder (or .npz file) of an on-disk data set.")
+
+
+def _clean(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def to_json(obj: Any) -> str:
+    """Strict JSON (NaN/inf become null) with a fallback to str for odd types."""
+    return json.dumps(_clean(obj), indent=2, default=str, allow_nan=False)
+
+
+def emit(obj: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(to_json(obj))
+
+
+HEADERS = {"robust_accuracy": "robust acc", "success_rate": "ASR", "mean_l2": "L2", "mean_linf": "Linf",
+           "mean_l0": "L0", "queries_mean": "queries", "time_per_example_s": "s/example",
+           "clean_accuracy": "clean acc", "test_accuracy": "test acc", "mean_conf": "MeanConf"}
+LEFT = ("attack", "name", "kind", "norms", "arguments", "defense", "init")
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    t = Table(title=title, header_style="bold")
+    for c in columns:
+        t.add_column(HEADERS.get(c, c), justify="left" if c in LEFT else "right")
+    for r in rows:
+        t.add_row(*[fmt(v) for v in r])
+    return t
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def parse_kv(items: list[str] | None) -> dict[str, Any]:
+    """Parse repeated `--arg key=value` options; values are read as YAML scalars."""
+    import yaml
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise ConfigError(f"{name}: expected comma-separated numbers, got {text!r}") from e
+    if not vals:
+        raise ConfigError(f"{name}: at least one value needed")
+    return vals

@@ -1,0 +1,50 @@
+"""`bastion models`, `bastion datasets`, `bastion info CKPT`: what is available."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bastion.cli.app import app
+from bastion.cli.common import JSON_OPTION, console, emit, table
+
+
+@app.command("models")
+def models_cmd(as_json: bool = JSON_OPTION) -> None:
+    """List the model zoo."""
+    import inspect
+
+    from bastion.models import zoo
+
+    rows = []
+    for name in zoo.names():
+        sig = inspect.signature(zoo.BUILDERS[name])
+        args = {p.name: p.default for p in sig.parameters.values() if p.name not in ("in_shape", "num_classes")}
+        rows.append({"name": name, "arguments": {k: repr(v) for k, v in args.items()}})
+    console.print(table("Bastion model zoo", ["name", "arguments"],
+                        [[r["name"], ", ".join(f"{k}={v}" for k, v in r["arguments"].items())] for r in rows]))
+    emit(rows, as_json)
+
+
+@app.command("datasets")
+def datasets_cmd(as_json: bool = JSON_OPTION) -> None:
+    """List the data sets (embedded ones need no files)."""
+    from bastion.data import EMBEDDED, names
+
+    rows = [{"name": n, "embedded": n in EMBEDDED} for n in names()]
+    console.print(table("Bastion data sets", ["name", "embedded"],
+                        [[r["name"], "yes" if r["embedded"] else "needs --root"] for r in rows]))
+    emit(rows, as_json)
+
+
+@app.command("info")
+def info_cmd(checkpoint: Path = typer.Argument(..., help="A .st checkpoint."),
+             as_json: bool = JSON_OPTION) -> None:
+    """Show a checkpoint's metadata (architecture, data, accuracy, versions)."""
+    from bastion.models import read_metadata
+
+    meta = read_metadata(checkpoint)
+    for k, v in meta.items():
+        console.print(f"[bold]{k}[/]: {v}", highlight=False)
+    emit(meta, as_json)

@@ -1,0 +1,5 @@
+"""Training loops: standard (`fit`), and the private / adversarial variants."""
+
+from bastion.training.fit import TrainConfig, TrainResult, fit
+
+__all__ = ["TrainConfig", "TrainResult", "fit"]

@@ -1,0 +1,40 @@
+"""Build + train + checkpoint in one call (what `bastion train` and `make demo` run)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bastion.core import InputSpec, resolve_device
+from bastion.data import load
+from bastion.models import build_classifier, save_classifier
+from bastion.training.fit import TrainConfig, fit
+
+
+def train_and_save(arch: str, data: str, out: str | Path, *, epochs: int = 5, batch_size: int = 32,
+                   lr: float = 1e-3, optimizer: str = "adam", patience: int | None = None,
+                   arch_args: dict[str, Any] | None = None, root: str | Path | None = None,
+                   seed: int = 0, device: str = "auto", progress: bool | None = None,
+                   on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train zoo model `arch` on data set `data` and save it to `out`. All inputs are
+    validated before training starts. Returns a JSON-ready report."""
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
+                      patience=patience, progress=progress)
+    cfg.validate()
+    out = Path(out)
+    if out.suffix not in (".st", ".safetensors"):
+        from bastion.core import ConfigError
+        raise ConfigError(f"checkpoint path must end in .st or .safetensors, got {out}")
+    dev = resolve_device(device)
+    train, test = load(data, "train", root=root), load(data, "test", root=root)
+    import torch
+    torch.manual_seed(seed)
+    clf = build_classifier(arch, InputSpec(train.input_shape), train.num_classes, arch_args, device=dev)
+    res = fit(clf, train, test, cfg, on_epoch=on_epoch)
+    save_classifier(out, clf, dataset=data, test_accuracy=res.test_accuracy,
+                    train_accuracy=res.train_accuracy, seed=seed, training=res.config,
+                    history=res.history, class_names=train.class_names)
+    return {"checkpoint": str(out), "model": arch, "data": data, "test_accuracy": res.test_accuracy,
+            "train_accuracy": res.train_accuracy, "epochs_run": len(res.history), "history": res.history,
+            "wall_time_s": res.wall_time, "seed": seed, "device": str(dev)}

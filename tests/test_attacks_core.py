@@ -1,0 +1,65 @@
+"""The attack contract on the end-to-end slice: FGSM and PGD-Linf on a trained model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bastion.attacks import create, names
+from bastion.attacks.evasion import FGSM, PGD, select_targets
+from bastion.core import Classifier, ConfigError, InputError, InputSpec
+
+
+def test_fgsm_and_pgd_succeed_and_respect_the_budget(small_model, correct_batch) -> None:
+    x, y = correct_batch
+    fgsm = FGSM(eps=0.3)(small_model, x, y)
+    pgd = PGD(eps=0.3, steps=20, alpha=0.03)(small_model, x, y)
+    for r in (fgsm, pgd):
+        assert float(r.norms["linf"].max()) <= 0.3 + 1e-5
+        assert float(r.x_adv.min()) >= 0 and float(r.x_adv.max()) <= 1
+        assert torch.equal(r.success, r.pred_adv != r.y)
+    assert pgd.success_rate >= 0.95
+    assert pgd.success_rate >= fgsm.success_rate  # iterative beats single step
+    assert FGSM(eps=0.0)(small_model, x, y).success_rate == 0.0
+    s = pgd.summary()
+    assert s["n"] == 64 and s["robust_accuracy"] == pytest.approx(1 - pgd.success_rate)
+    assert s["wall_time_s"] > 0 and s["queries_mean"] == 20
+
+
+def test_targeted_pgd_reaches_the_target(small_model, correct_batch) -> None:
+    x, y = correct_batch
+    for mode in ("most", "next", "ll", "random"):
+        t = select_targets(small_model, x, y, mode)
+        assert bool((t != y.to(t.device)).all())
+    t = select_targets(small_model, x, y, "next")
+    r = PGD(eps=0.3, steps=40, alpha=0.02)(small_model, x, y, t)
+    assert r.targeted and r.success_rate >= 0.85
+    assert torch.equal(r.success, r.pred_adv == t)
+
+
+def test_pgd_restarts_keep_the_best(small_model, correct_batch) -> None:
+    x, y = correct_batch
+    one = PGD(eps=0.1, steps=5, restarts=1, seed=0)(small_model, x, y)
+    three = PGD(eps=0.1, steps=5, restarts=3, seed=0)(small_model, x, y)
+    assert three.success_rate >= one.success_rate
+
+
+def test_attack_bad_inputs(small_model, correct_batch) -> None:
+    x, y = correct_batch
+    with pytest.raises(ConfigError, match="non-negative"):
+        PGD(eps=-0.1)(small_model, x, y)
+    with pytest.raises(InputError, match="bounds"):
+        FGSM()(small_model, x * 2 - 1, y)
+    with pytest.raises(InputError, match="labels outside"):
+        FGSM()(small_model, x, y + 10)
+    with pytest.raises(InputError, match="differ"):
+        FGSM()(small_model, x, y, y)
+    probs = Classifier(torch.nn.Sequential(small_model.module, torch.nn.Softmax(-1)),
+                       InputSpec((1, 28, 28)), 10, device="cpu")
+    with pytest.raises(InputError, match="probabilities"):
+        FGSM()(probs, x, y)
+    with pytest.raises(ConfigError, match="valid attacks"):
+        create("pgdd")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        create("pgd", epsilon=0.3)
+    assert {"fgsm", "pgd"} <= set(names())
