@@ -127,7 +127,8 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
             attack = _build(a, eps)
             key = f"evasion/{label}/eps={eps}/{a.model_dump_json()}/n={len(y)}/seed={ctx.seed}"
 
-            def work(attack: Attack = attack, key: str = key) -> dict[str, Any]:
+            def work(attack: Attack = attack, key: str = key,
+                     target: torch.Tensor | None = target) -> dict[str, Any]:
                 torch.manual_seed(ctx.seed)
                 res = attack(model, x, y, target).cpu()
                 fig = _metrics(ctx, res)

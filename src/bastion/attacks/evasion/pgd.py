@@ -113,6 +113,17 @@ def l1_sparse_direction(g: torch.Tensor, x: torch.Tensor, lo: float, hi: float,
     return (e / e.abs().sum(1, keepdim=True).clamp_min(1.0)).view_as(g)
 
 
+def check_budget(name: str, norm: str, eps: float, model: Classifier) -> None:
+    """Refuse a budget larger than the whole input domain (every input would be reachable,
+    which is always a configuration mistake, e.g. eps given on the 0-255 scale)."""
+    vr, d = model.spec.value_range, math.prod(model.spec.shape)
+    limit = {"linf": vr, "l2": vr * math.sqrt(d), "l1": vr * d}[norm]
+    if eps > limit:
+        raise ConfigError(f"{name}: eps {eps} exceeds the largest possible {norm} distance {limit:.4g} "
+                          f"for inputs in {model.spec.bounds}; give eps in input units "
+                          "(e.g. 8/255, not 8)")
+
+
 # --------------------------------------------------------------------------- the attack
 
 
@@ -171,6 +182,7 @@ class PGD(Attack):
     # -------------------------------------------------------------------------------
     def _run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None) -> RunOutput:
+        check_budget(self.name, self.norm_name, self.budget(model.spec.value_range), model)
         if self.fast:
             _fast_notice(model, self.name)
         gen = torch.Generator(device=x.device).manual_seed(self.seed)

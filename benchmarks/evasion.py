@@ -1,0 +1,437 @@
+"""Evasion-attack speed against a bare PyTorch loop and the peer libraries.
+
+Same model (cnn-small trained 3 epochs on mnist-5k, the test suite's cached victim), same
+correctly classified test images, same seed, on CPU (and CUDA when available):
+
+* pgd:      PGD-40 Linf eps 0.3 and APGD-CE 40 steps vs a bare forward+backward loop of
+            40 steps; torchattacks, Foolbox and ART PGD, torchattacks APGD.
+* cw:       C&W L2 vs torchattacks CW at the same optimiser budget (c, lr, steps); time,
+            success and mean L2.
+* hsj:      HopSkipJump L2 vs ART at the same parameters (iterations, max/init evals),
+            i.e. the same query budget; examples per second and median L2.
+* ensemble: the worst-case ensemble ('autoattack') vs torchattacks' AutoAttack
+            (standard, Linf): robust accuracy and time.
+* memory:   extra resident memory of PGD-5 and HopSkipJump (1 iteration) while attacking
+            1x, 4x and 16x the examples (batch size 100), each in a fresh process.
+
+Prints ratios and writes benchmarks/results/evasion.json. Peers that are not installed
+are skipped. Example:
+
+    python benchmarks/evasion.py --threads 1 --n 500 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def victim(device: str) -> Any:
+    from conftest import _train_cached  # the test suite's cached model
+
+    model = _train_cached("cnn-small", epochs=3)
+    return model.to(device)
+
+
+def images(model: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from bastion.data import load
+
+    test = load("mnist-5k", "test")
+    pred = model.predict(test.x)
+    idx = torch.nonzero(pred.cpu() == test.y).flatten()[:n]
+    dev = model.device
+    return test.x[idx].to(dev), test.y[idx].to(dev)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timeit(fn: Callable[[], Any], dev: torch.device) -> tuple[float, Any]:
+    sync(dev)
+    t = time.perf_counter()
+    out = fn()
+    sync(dev)
+    return time.perf_counter() - t, out
+
+
+def run_rounds(cases: dict[str, Callable[[], Any]], repeats: int, dev: torch.device
+               ) -> dict[str, dict[str, Any]]:
+    """Round-robin over the cases, rotating the order each round, so load drift and
+    first-call effects hit all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    outs: dict[str, Any] = {}
+    keys = list(cases)
+    for r in range(repeats):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            fn = cases[k]
+            t, out = timeit(fn, dev)
+            times[k].append(t)
+            outs[k] = out
+            print(f"  [{r + 1}/{repeats}] {k:24s} {t:8.3f} s", flush=True)
+    return {k: {"times_s": v, "min_s": min(v), "median_s": statistics.median(v),
+                "spread": (max(v) - min(v)) / min(v), "out": outs[k]} for k, v in times.items()}
+
+
+def ratio_table(res: dict[str, dict[str, Any]], base: str) -> dict[str, dict[str, float]]:
+    b_min, b_med = res[base]["min_s"], res[base]["median_s"]
+    return {k: {"min_ratio": v["min_s"] / b_min, "median_ratio": v["median_s"] / b_med}
+            for k, v in res.items()}
+
+
+# --------------------------------------------------------------------------- PGD / APGD
+
+def bench_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, repeats: int, steps: int = 40
+              ) -> dict[str, Any]:
+    from bastion.attacks.evasion import APGD, PGD
+
+    eps, alpha = 0.3, 0.01
+    dev = x.device
+
+    def bare() -> torch.Tensor:
+        g0 = torch.Generator(device=dev).manual_seed(0)
+        xa = (x + eps * (torch.rand(x.shape, generator=g0, device=dev) * 2 - 1)).clamp(0, 1)
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            loss = F.cross_entropy(model(xa), y)
+            (g,) = torch.autograd.grad(loss, xa)
+            xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+        return xa
+
+    cases: dict[str, Callable[[], Any]] = {
+        "bare_loop": bare,
+        "bastion_pgd": lambda: PGD(eps=eps, alpha=alpha, steps=steps)(model, x, y).x_adv,
+        "bastion_apgd": lambda: APGD(eps=eps, steps=steps)(model, x, y).x_adv,
+    }
+    try:
+        import torchattacks
+        cases["torchattacks_pgd"] = lambda: torchattacks.PGD(model, eps=eps, alpha=alpha,
+                                                             steps=steps)(x, y)
+        cases["torchattacks_apgd"] = lambda: torchattacks.APGD(model, norm="Linf", eps=eps,
+                                                               steps=steps, seed=0)(x, y)
+    except ImportError:
+        pass
+    try:
+        import foolbox as fb
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=dev)
+        fpgd = fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps, random_start=True)
+        cases["foolbox_pgd"] = lambda: fpgd(fmodel, x, y, epsilons=eps)[1]
+    except ImportError:
+        pass
+    art_clf = _art_classifier(model, x)
+    if art_clf is not None:
+        import numpy as np
+        from art.attacks.evasion import ProjectedGradientDescent
+        apgd = ProjectedGradientDescent(art_clf, norm=np.inf, eps=eps, eps_step=alpha,
+                                        max_iter=steps, num_random_init=1,
+                                        batch_size=x.shape[0], verbose=False)
+        xn = x.cpu().numpy()
+        cases["art_pgd"] = lambda: torch.from_numpy(apgd.generate(xn)).to(dev)
+    res = run_rounds(cases, repeats, dev)
+    ratios = ratio_table(res, "bare_loop")
+    robust = {k: float((model.predict(v["out"]) == y).float().mean()) for k, v in res.items()}
+    return {"n": int(x.shape[0]), "steps": steps, "eps": eps,
+            "cases": {k: {kk: vv for kk, vv in v.items() if kk != "out"} for k, v in res.items()},
+            "ratios_vs_bare": ratios, "robust_accuracy": robust}
+
+
+def _art_classifier(model: Any, x: torch.Tensor) -> Any:
+    try:
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError:
+        return None
+
+    class F32(torch.nn.Module):  # ART hands float64 arrays to the model in some paths
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.m(z.float())
+
+    return PyTorchClassifier(model=F32(model), loss=torch.nn.CrossEntropyLoss(),
+                             input_shape=tuple(x.shape[1:]), nb_classes=10, clip_values=(0.0, 1.0),
+                             device_type="gpu" if x.device.type == "cuda" else "cpu")
+
+
+# --------------------------------------------------------------------------- C&W
+
+def bench_cw(model: Any, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict[str, Any]:
+    from bastion.attacks.evasion import CarliniWagnerL2
+
+    c, lr, steps = 10.0, 0.1, 100
+    dev = x.device
+    cases: dict[str, Callable[[], Any]] = {
+        "bastion_cw_l2": lambda: CarliniWagnerL2(binary_search_steps=1, initial_const=c, lr=lr,
+                                                 max_iter=steps)(model, x, y).x_adv,
+    }
+    try:
+        import torchattacks
+        cases["torchattacks_cw"] = lambda: torchattacks.CW(model, c=c, kappa=0, steps=steps,
+                                                           lr=lr)(x, y)
+    except ImportError:
+        pass
+    res = run_rounds(cases, repeats, dev)
+    # the paper-style search (5 x 100 steps from c = 1) once, for the record
+    t, r = timeit(lambda: CarliniWagnerL2.fast()(model, x, y), dev)
+    summary = {}
+    for k, v in res.items():
+        xa = v["out"]
+        ok = model.predict(xa) != y
+        l2 = (xa - x).flatten(1).norm(dim=1)
+        summary[k] = {"success": float(ok.float().mean()),
+                      "mean_l2_success": float(l2[ok].mean()) if bool(ok.any()) else None,
+                      "min_s": v["min_s"], "median_s": v["median_s"], "times_s": v["times_s"]}
+    summary["bastion_cw_l2_fast_preset"] = {
+        "success": r.success_rate, "mean_l2_success": float(r.norms["l2"][r.success].mean()),
+        "min_s": t, "median_s": t, "times_s": [t], "note": "5 binary steps x 100, lr 0.1, c0 1"}
+    out: dict[str, Any] = {"n": int(x.shape[0]), "c": c, "lr": lr, "steps": steps, "cases": summary}
+    if "torchattacks_cw" in res:
+        out["time_ratio_vs_torchattacks"] = (res["bastion_cw_l2"]["min_s"]
+                                             / res["torchattacks_cw"]["min_s"])
+    return out
+
+
+# --------------------------------------------------------------------------- HopSkipJump
+
+def bench_hsj(model: Any, x: torch.Tensor, y: torch.Tensor, repeats: int, iters: int,
+              init_evals: int = 100, max_evals: int = 10000) -> dict[str, Any]:
+    from bastion.attacks.evasion import HopSkipJump
+
+    dev = x.device
+    cases: dict[str, Callable[[], Any]] = {
+        "bastion_hsj": lambda: HopSkipJump(max_iter=iters, init_evals=init_evals,
+                                           max_evals=max_evals)(model, x, y),
+    }
+    art_clf = _art_classifier(model, x)
+    if art_clf is not None:
+        import numpy as np
+        from art.attacks.evasion import HopSkipJump as ArtHSJ
+
+        def art_run() -> torch.Tensor:
+            np.random.seed(0)
+            a = ArtHSJ(art_clf, targeted=False, norm=2, max_iter=iters, max_eval=max_evals,
+                       init_eval=init_evals, init_size=100, batch_size=64, verbose=False)
+            return torch.from_numpy(a.generate(x.cpu().numpy())).to(dev)
+        cases["art_hsj"] = art_run
+    res = run_rounds(cases, repeats, dev)
+    summary = {}
+    for k, v in res.items():
+        xa = v["out"].x_adv if hasattr(v["out"], "x_adv") else v["out"]
+        ok = model.predict(xa) != y
+        l2 = (xa - x).flatten(1).norm(dim=1)
+        summary[k] = {"success": float(ok.float().mean()),
+                      "median_l2": float(l2[ok].median()) if bool(ok.any()) else None,
+                      "examples_per_s": x.shape[0] / v["min_s"],
+                      "min_s": v["min_s"], "median_s": v["median_s"], "times_s": v["times_s"]}
+    q = res["bastion_hsj"]["out"].queries
+    summary["bastion_hsj"]["queries_mean"] = float(q.mean())
+    out: dict[str, Any] = {"n": int(x.shape[0]), "iterations": iters, "init_evals": init_evals,
+                           "max_evals": max_evals, "cases": summary}
+    if "art_hsj" in res:
+        out["throughput_ratio_vs_art"] = res["art_hsj"]["min_s"] / res["bastion_hsj"]["min_s"]
+    return out
+
+
+# --------------------------------------------------------------------------- ensemble
+
+def bench_ensemble(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float) -> dict[str, Any]:
+    from bastion.attacks import create
+
+    dev = x.device
+    out: dict[str, Any] = {"n": int(x.shape[0]), "eps": eps}
+    t, r = timeit(lambda: create("autoattack", eps=eps)(model, x, y), dev)
+    out["bastion_ensemble"] = {"robust_accuracy": r.robust_accuracy, "time_s": t,
+                               "robust_after": r.extras.get("robust_after")}
+    print(f"  bastion ensemble      {t:8.2f} s robust {r.robust_accuracy:.3f}", flush=True)
+    try:
+        import torchattacks
+    except ImportError:
+        return out
+    aa = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=10,
+                                 seed=0)
+    t2, xa = timeit(lambda: aa(x, y), dev)
+    rob = float((model.predict(xa) == y).float().mean())
+    out["torchattacks_autoattack"] = {"robust_accuracy": rob, "time_s": t2}
+    out["robust_accuracy_gap_points"] = 100 * (r.robust_accuracy - rob)
+    out["time_ratio"] = t / t2
+    print(f"  torchattacks AutoAttack {t2:8.2f} s robust {rob:.3f}", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- memory
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: fall back to the lifetime peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_probe(kind: str, n: int, device: str) -> dict[str, Any]:
+    """Runs in a child process: the attack's extra resident memory (sampled every 5 ms)
+    and, on CUDA, its peak allocated GPU memory, for n inputs at batch size 100."""
+    import threading
+
+    from bastion.attacks.evasion import PGD, HopSkipJump
+
+    model = victim(device)
+    x, y = images(model, n)
+    reps = -(-n // x.shape[0])
+    x, y = x.repeat(reps, 1, 1, 1)[:n], y.repeat(reps)[:n]
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    base = _rss_mb()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    if kind == "pgd":
+        PGD(eps=0.3, steps=5, batch_size=100)(model, x, y)
+    else:
+        HopSkipJump(max_iter=1, init_evals=50, batch_size=100)(model, x, y)
+    stop.set()
+    th.join()
+    out = {"kind": kind, "n": n, "rss_before_mb": base, "rss_extra_mb": peak[0] - base,
+           "inputs_mb": x.numel() * 4 / 2**20}
+    if device == "cuda":
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def bench_memory(device: str, threads: int) -> dict[str, Any]:
+    rows = []
+    sizes = {"pgd": (200, 800, 3200), "hsj": (100, 400, 1600)}
+    for kind in ("pgd", "hsj"):
+        for n in sizes[kind]:
+            cmd = [sys.executable, __file__, "--memory-probe", kind, str(n), "--device", device,
+                   "--threads", str(threads)]
+            p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            row = json.loads(p.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"  memory {kind} n={n}: extra RSS during the attack {row['rss_extra_mb']:.1f} MB "
+                  f"(inputs {row['inputs_mb']:.1f} MB)"
+                  + (f", CUDA {row['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in row else ""),
+                  flush=True)
+    growth = {}
+    for kind in ("pgd", "hsj"):
+        a, _, b = (r for r in rows if r["kind"] == kind)
+        growth[kind] = b["rss_extra_mb"] / max(a["rss_extra_mb"], 1e-3)
+    return {"rows": rows, "extra_rss_ratio_16x_examples": growth,
+            "note": "batch size 100; flat = the extra memory stops growing with the examples "
+                    "beyond the inputs' and outputs' own size"}
+
+
+# --------------------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=500, help="images for PGD/APGD")
+    ap.add_argument("--n-cw", type=int, default=100)
+    ap.add_argument("--n-hsj", type=int, default=20)
+    ap.add_argument("--hsj-iters", type=int, default=10)
+    ap.add_argument("--n-ensemble", type=int, default=100)
+    ap.add_argument("--ensemble-eps", type=float, default=0.1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: keep default)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--only", default="pgd,cw,hsj,ensemble,memory")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evasion.json"))
+    ap.add_argument("--memory-probe", nargs=2, metavar=("KIND", "N"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("BASTION_QUIET", "1")
+    from bastion.core import resolve_device, seed_everything
+    device = str(resolve_device(args.device))
+    seed_everything(0)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.memory_probe[0], int(args.memory_probe[1]), device)))
+        return
+    only = set(args.only.split(","))
+    load1 = os.getloadavg()[0]
+    model = victim(device)
+    result: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/evasion.py", *sys.argv[1:]]),
+        "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "load_average_at_start": load1, "peers": _peer_versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if "pgd" in only:
+        print("PGD-40 / APGD vs bare loop", flush=True)
+        x, y = images(model, args.n)
+        result["pgd"] = bench_pgd(model, x, y, args.repeats)
+        for k, v in result["pgd"]["ratios_vs_bare"].items():
+            print(f"  {k:24s} x{v['min_ratio']:.3f} (min)  x{v['median_ratio']:.3f} (median)")
+    if "cw" in only:
+        print("C&W L2 vs torchattacks", flush=True)
+        x, y = images(model, args.n_cw)
+        result["cw"] = bench_cw(model, x, y, args.repeats)
+        for k, v in result["cw"]["cases"].items():
+            print(f"  {k:28s} success {v['success']:.3f} mean L2 {v['mean_l2_success']:.3f} "
+                  f"min {v['min_s']:.2f} s")
+        if "time_ratio_vs_torchattacks" in result["cw"]:
+            print(f"  time ratio bastion/torchattacks x{result['cw']['time_ratio_vs_torchattacks']:.3f}")
+    if "hsj" in only:
+        print("HopSkipJump vs ART", flush=True)
+        x, y = images(model, args.n_hsj)
+        result["hsj"] = bench_hsj(model, x, y, max(1, args.repeats - 1), args.hsj_iters)
+        for k, v in result["hsj"]["cases"].items():
+            print(f"  {k:16s} {v['examples_per_s']:.3f} ex/s median L2 {v['median_l2']:.3f} "
+                  f"success {v['success']:.2f}")
+        if "throughput_ratio_vs_art" in result["hsj"]:
+            print(f"  throughput ratio bastion/ART x{result['hsj']['throughput_ratio_vs_art']:.2f}")
+    if "ensemble" in only:
+        print("Worst-case ensemble vs torchattacks AutoAttack", flush=True)
+        x, y = images(model, args.n_ensemble)
+        result["ensemble"] = bench_ensemble(model, x, y, args.ensemble_eps)
+    if "memory" in only:
+        print("Memory vs number of examples", flush=True)
+        result["memory"] = bench_memory(device, torch.get_num_threads())
+    result["load_average_at_end"] = os.getloadavg()[0]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prev = json.loads(out.read_text()) if out.exists() else {}
+    runs = prev.get("runs", []) if isinstance(prev, dict) else []
+    runs.append(result)
+    out.write_text(json.dumps({"latest": result, "runs": runs[-5:]}, indent=1))
+    print(f"wrote {out}")
+
+
+def _peer_versions() -> dict[str, str | None]:
+    vers: dict[str, str | None] = {}
+    for mod in ("torchattacks", "foolbox", "art"):
+        try:
+            vers[mod] = __import__(mod).__version__
+        except ImportError:
+            vers[mod] = None
+    return vers
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""`bastion attack` (run one evasion attack on a checkpoint, save the adversarial batch)
+and `bastion attacks` (list every registered attack with its kind, norms and defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from bastion.cli.app import app
+from bastion.cli.common import (
+    DEVICE_OPTION,
+    JSON_OPTION,
+    ROOT_OPTION,
+    SEED_OPTION,
+    console,
+    emit,
+    parse_kv,
+    table,
+)
+from bastion.core import ConfigError
+
+
+@app.command("attacks")
+def attacks_cmd(as_json: bool = JSON_OPTION) -> None:
+    """List the evasion attacks: name, kind, norms, targeted, black-box and defaults."""
+    from bastion.attacks import registry
+
+    rows = [registry.describe(n) for n in registry.names()]
+    console.print(table("Bastion evasion attacks", ["name", "kind", "norms", "targeted", "black_box",
+                                                    "defaults"],
+                        [[r["name"], r["kind"], ",".join(r["norms"]), r["targeted"], r["black_box"],
+                          ", ".join(f"{k}={v}" for k, v in r["defaults"].items())] for r in rows]))
+    emit(rows, as_json)
+
+
+def build_attack(name: str, norm: str | None, eps: float | None, extra: dict[str, Any]) -> Any:
+    """Create attack `name` with the CLI's --norm/--eps and --arg values, or explain why not."""
+    from bastion.attacks import registry
+    from bastion.core import parse_norm
+
+    cls = registry.get(name)
+    field_names = {f.name for f in dataclasses.fields(cls)}
+    params = dict(extra)
+    if norm is not None:
+        canon = parse_norm(norm)
+        if canon not in cls.norms:
+            raise ConfigError(f"attack {cls.name!r} supports norms {', '.join(cls.norms)}, not {norm!r}")
+        if "norm" in field_names:
+            params["norm"] = canon
+    if eps is not None:
+        if "eps" not in field_names:
+            raise ConfigError(f"attack {cls.name!r} has no eps budget ({cls.kind}); drop --eps and "
+                              "apply budgets to its norms afterwards")
+        if eps < 0:
+            raise ConfigError(f"--eps must be non-negative, got {eps}")
+        params["eps"] = eps
+    return registry.create(cls.name, **params)
+
+
+def save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
+    """Write an .npz next to `path` under a temporary name, then rename it into place."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@app.command("attack")
+def attack_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.st) to attack."),
+    attack: str = typer.Option("pgd", "--attack", "-a", help="Attack name (see `bastion attacks`)."),
+    data: str = typer.Option(None, "--data", "-d", help="Data set (default: the checkpoint's)."),
+    norm: str = typer.Option(None, "--norm", help="linf, l2, l1 or l0 (attack's default if omitted)."),
+    eps: float = typer.Option(None, "--eps", help="Budget for fixed-budget attacks."),
+    targeted: str = typer.Option(None, "--targeted", help="Target mode: most, ll, next or random."),
+    n: int = typer.Option(500, "--n", help="First N test examples."),
+    correct_only: bool = typer.Option(False, "--correct-only",
+                                      help="Use the first N correctly classified examples."),
+    arg: list[str] = typer.Option(None, "--arg", help="Attack parameter key=value (repeatable)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write x, x_adv, y, pred_adv, success (.npz)."),
+    root: Path = ROOT_OPTION,
+    seed: int = SEED_OPTION,
+    device: str = DEVICE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Attack the first N test examples of a data set and report the metrics."""
+    import torch
+
+    from bastion.attacks.evasion.targets import TARGET_MODES, select_targets
+    from bastion.core import seed_everything, unknown_name
+    from bastion.data import load
+    from bastion.metrics.evasion import evasion_metrics
+    from bastion.models import load_classifier, read_metadata
+
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    if targeted is not None and targeted.lower() not in TARGET_MODES:
+        raise unknown_name("target mode", targeted, TARGET_MODES)
+    if out is not None and out.suffix != ".npz":
+        raise ConfigError(f"--out must end in .npz, got {out}")
+    atk = build_attack(attack, norm, eps, parse_kv(arg))
+    if targeted is not None and not type(atk).supports_targeted:
+        raise ConfigError(f"attack {type(atk).name!r} is untargeted only; drop --targeted")
+    meta = read_metadata(model)
+    data = data or meta.get("dataset") or "mnist-5k"
+    clf = load_classifier(model, device=device)
+    test = load(data, "test", root=root)
+    seed_everything(seed)
+    x, y = test.x, test.y
+    if correct_only:
+        idx = torch.nonzero(clf.predict(x).cpu() == y).flatten()[:n]
+        x, y = x[idx], y[idx]
+    else:
+        x, y = x[:n], y[:n]
+    target = None if targeted is None else select_targets(clf, x, y, targeted.lower(), seed=seed)
+    res = atk(clf, x, y, target)
+    summary = {**res.summary(), **evasion_metrics(clf, res), "model": str(model), "data": data,
+               "targeted_mode": targeted, "seed": seed, "device": str(clf.device)}
+    summary["params"] = res.params
+    if out is not None:
+        r = res.cpu()
+        arrays = {"x": r.x.numpy(), "x_adv": r.x_adv.numpy(), "y": r.y.numpy(),
+                  "pred_adv": r.pred_adv.numpy(), "success": r.success.numpy()}
+        if r.target is not None:
+            arrays["target"] = r.target.numpy()
+        save_npz_atomic(out, arrays)
+        summary["out"] = str(out)
+    rows = [[k, summary.get(k)] for k in ("attack", "n", "clean_accuracy", "robust_accuracy", "asr",
+                                          "mr", "mean_conf", "mean_l2", "mean_linf", "mean_l0",
+                                          "ssim", "psnr", "queries_mean", "time_per_example_s")]
+    console.print(table(f"{res.attack} on {model.name}", ["metric", "value"], rows))
+    if out is not None:
+        console.print(f"[green]wrote[/] {out}", highlight=False)
+    emit(summary, as_json)
