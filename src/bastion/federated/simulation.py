@@ -1,0 +1,406 @@
+"""In-process federated averaging (McMahan et al., 2017) with leakage points.
+
+    split the training set over N clients (seeded IID or Dirichlet(alpha), data.partition)
+    for each round t:
+        sample K of the N clients
+        each client k: start from w_t, run local SGD (local epochs or a step budget,
+            local batch size, local lr) -> delta_k = w_k - w_t      [type-2 taps inside]
+        apply the client update transforms (defenses, attacks) to delta_k  [type-1 tap]
+        w_{t+1} = w_t + aggregator(delta_1..delta_K)                       [type-0 tap]
+
+Leakage points (dissertation ch. 5.5): hooks receive the type-2 payload (per-example
+gradients during local SGD, `SharedGradient` of batch size 1), the type-1 payload (a
+client's update before upload, `WeightUpdate`) and the type-0 payload (the server's
+aggregate, `WeightUpdate`). Events also carry the victim's examples, for scoring
+reconstructions only; attack code receives just `event.payload`.
+
+Extension points, all plain callables: `aggregator` (aggregators.py), `update_transforms`
+(ClientUpdate -> ClientUpdate, e.g. update-level defenses or model poisoning) and
+`local_transform` (a gradient transform applied at every local SGD step; transforms with
+`per_example = True`, such as per-example clipping + noise, receive per-example gradients
+computed with torch.func.vmap). Local training uses plain SGD on a functional copy of
+the weights, so the global model object is never mutated during a round.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, grad_and_value, vmap
+
+from bastion.attacks.privacy.leakage.payload import SharedGradient, WeightUpdate
+from bastion.core import Classifier, ConfigError
+from bastion.data.dataset import Dataset
+from bastion.data.partition import partition
+from bastion.federated.aggregators import Aggregator, ClientUpdate, fedavg
+from bastion.progress import task
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    """FedAvg simulation parameters.
+
+    Attributes:
+        num_clients: N clients the training set is split over.
+        clients_per_round: K clients sampled (without replacement) each round.
+        rounds: federated rounds.
+        local_epochs: passes over the client's data per round.
+        local_steps: optional cap on local SGD steps per round (None = full epochs).
+        local_batch_size: local minibatch size.
+        local_lr: local SGD learning rate (no momentum, so delta / lr is a gradient sum).
+        partition: 'iid' or 'dirichlet'; alpha: Dirichlet concentration.
+        seed: seeds the split, the client sampling, the minibatches and the transforms.
+        eval_every: evaluate the global model on the test set every this many rounds.
+        vectorize: train the sampled clients in lockstep with torch.func.vmap (one batched
+            step for all clients) when they hold equally many examples and no hook or local
+            transform needs per-client work; statistically the same procedure as the loop,
+            not bit-identical (different shuffling streams).
+        progress: show a progress bar (None = only on an interactive terminal).
+    """
+
+    num_clients: int = 10
+    clients_per_round: int = 10
+    rounds: int = 10
+    local_epochs: int = 1
+    local_steps: int | None = None
+    local_batch_size: int = 32
+    local_lr: float = 0.1
+    partition: str = "iid"
+    alpha: float = 0.5
+    seed: int = 0
+    eval_every: int = 1
+    vectorize: bool = False
+    progress: bool | None = None
+
+    def validate(self, n_train: int | None = None) -> None:
+        if self.num_clients < 1:
+            raise ConfigError(f"num_clients must be >= 1, got {self.num_clients}")
+        if not 1 <= self.clients_per_round <= self.num_clients:
+            raise ConfigError(f"clients_per_round must be in [1, {self.num_clients}], got "
+                              f"{self.clients_per_round}")
+        for name in ("rounds", "local_epochs", "local_batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.local_steps is not None and self.local_steps < 1:
+            raise ConfigError(f"local_steps must be >= 1 or None, got {self.local_steps}")
+        if not self.local_lr > 0:
+            raise ConfigError(f"local_lr must be positive, got {self.local_lr}")
+        if self.partition not in ("iid", "dirichlet"):
+            raise ConfigError(f"unknown partition {self.partition!r}; valid: iid, dirichlet")
+        if n_train is not None and self.num_clients > n_train:
+            raise ConfigError(f"{self.num_clients} clients but only {n_train} training examples")
+
+
+class LocalTransform(Protocol):
+    """A gradient transform inside local SGD. `per_example = True` transforms get
+    `aggregate(per_example_grads [B, ...], gen) -> mean gradient`; all provide
+    `apply(grads, gen)` (used on batch gradients and on type-2 views)."""
+
+    per_example: bool
+
+    def apply(self, grads: Tensors, gen: torch.Generator) -> Tensors: ...
+
+
+@dataclass
+class LeakageEvent:
+    """One payload at a leakage point.
+
+    Attributes:
+        leakage_type: 2 (per-example gradient in local SGD), 1 (client update before
+            upload) or 0 (server aggregate).
+        round, client, step: where it happened (client/step None for type 0).
+        payload: what the attacker gets.
+        victim_x, victim_y: the examples behind the payload, for scoring only.
+    """
+
+    leakage_type: int
+    round: int
+    client: int | None
+    step: int | None
+    payload: SharedGradient | WeightUpdate
+    victim_x: torch.Tensor | None = None
+    victim_y: torch.Tensor | None = None
+
+
+class FedHook:
+    """Base class of simulation callbacks; override what you need."""
+
+    def wants_type2(self, round: int, client: int, step: int) -> bool:
+        """Return True to receive per-example gradients of this local step (they cost a
+        vmap per-example gradient computation, so they are only computed on demand)."""
+        return False
+
+    def on_type2(self, event: LeakageEvent) -> None: ...
+
+    def on_type1(self, event: LeakageEvent) -> None: ...
+
+    def on_type0(self, event: LeakageEvent) -> None: ...
+
+    def on_round_end(self, round: int, record: dict[str, Any]) -> None: ...
+
+
+class PayloadCollector(FedHook):
+    """Collects leakage events of the given types in the given rounds (and, for types 2
+    and 1, clients), up to `limit` per type."""
+
+    def __init__(self, types: Sequence[int] = (0, 1, 2), rounds: Sequence[int] = (0,),
+                 clients: Sequence[int] | None = None, steps: Sequence[int] = (0,),
+                 limit: int = 16) -> None:
+        self.types, self.rounds = set(types), set(rounds)
+        self.clients = None if clients is None else set(clients)
+        self.steps, self.limit = set(steps), limit
+        self.events: dict[int, list[LeakageEvent]] = {0: [], 1: [], 2: []}
+
+    def _ok(self, t: int, round: int, client: int | None) -> bool:
+        return (t in self.types and round in self.rounds and len(self.events[t]) < self.limit
+                and (client is None or self.clients is None or client in self.clients))
+
+    def wants_type2(self, round: int, client: int, step: int) -> bool:
+        return self._ok(2, round, client) and step in self.steps
+
+    def on_type2(self, event: LeakageEvent) -> None:
+        if self._ok(2, event.round, event.client):
+            self.events[2].append(event)
+
+    def on_type1(self, event: LeakageEvent) -> None:
+        if self._ok(1, event.round, event.client):
+            self.events[1].append(event)
+
+    def on_type0(self, event: LeakageEvent) -> None:
+        if self._ok(0, event.round, None):
+            self.events[0].append(event)
+
+
+@dataclass
+class FedResult:
+    """History per round (test accuracy, mean local loss, clients), the final global
+    weights and the trained model (a copy of the input model with those weights)."""
+
+    history: list[dict[str, Any]]
+    model: Classifier
+    weights: Tensors
+    test_accuracy: float | None
+    wall_time: float
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def per_example_gradients(model: Classifier, weights: Tensors, x: torch.Tensor,
+                          y: torch.Tensor) -> Tensors:
+    """Per-example gradients of the cross-entropy, [B, *param.shape] per parameter."""
+    def loss_one(w: Tensors, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, w, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+    return vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(weights, x, y)
+
+
+def batch_gradient(model: Classifier, weights: Tensors, x: torch.Tensor, y: torch.Tensor
+                   ) -> tuple[Tensors, float]:
+    w = {k: v.detach().requires_grad_(True) for k, v in weights.items()}
+    loss = F.cross_entropy(functional_call(model, w, (x,)), y)
+    g = torch.autograd.grad(loss, list(w.values()))
+    return dict(zip(w, g, strict=True)), float(loss.detach())
+
+
+def evaluate(model: Classifier, weights: Tensors, data: Dataset, batch_size: int = 1000) -> float:
+    """Accuracy of `model`'s architecture at `weights` on `data`."""
+    dev = model.device
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            xb, yb = data.x[i:i + batch_size].to(dev), data.y[i:i + batch_size].to(dev)
+            correct += int((functional_call(model, weights, (xb,)).argmax(-1) == yb).sum())
+    return correct / max(len(data), 1)
+
+
+def _trainable(model: Classifier) -> Tensors:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def local_train(model: Classifier, start: Tensors, x: torch.Tensor, y: torch.Tensor,
+                cfg: FedConfig, gen: torch.Generator, round: int, client: int,
+                local_transform: LocalTransform | None, hooks: Sequence[FedHook]
+                ) -> tuple[Tensors, int, float]:
+    """Local SGD from `start` on (x, y). Returns (final weights, steps, mean loss)."""
+    w = {k: v.clone() for k, v in start.items()}
+    n = x.shape[0]
+    steps, loss_sum = 0, 0.0
+    bs = min(cfg.local_batch_size, n)
+    for _ in range(cfg.local_epochs):
+        order = torch.randperm(n, generator=gen).to(x.device)
+        for i in range(0, n, bs):
+            if cfg.local_steps is not None and steps >= cfg.local_steps:
+                break
+            idx = order[i:i + bs]
+            xb, yb = x[idx], y[idx]
+            tap = [h for h in hooks if h.wants_type2(round, client, steps)]
+            per_ex = local_transform is not None and getattr(local_transform, "per_example", False)
+            if tap or per_ex:
+                pe = per_example_gradients(model, w, xb, yb)
+                for j in range(xb.shape[0]) if tap else ():
+                    gj = {k: v[j] for k, v in pe.items()}
+                    if local_transform is not None:
+                        gj = local_transform.apply(gj, gen)
+                    ev = LeakageEvent(2, round, client, steps,
+                                      SharedGradient(dict(w), gj, batch_size=1,
+                                                     meta={"leakage_type": 2, "round": round,
+                                                           "client": client, "step": steps}),
+                                      xb[j:j + 1], yb[j:j + 1])
+                    for h in tap:
+                        h.on_type2(ev)
+                if per_ex:
+                    g = local_transform.aggregate(pe, gen)  # type: ignore[union-attr]
+                else:
+                    g = {k: v.mean(0) for k, v in pe.items()}
+                with torch.no_grad():
+                    loss_sum += float(F.cross_entropy(functional_call(model, w, (xb,)), yb))
+            else:
+                g, loss = batch_gradient(model, w, xb, yb)
+                loss_sum += loss
+                if local_transform is not None:
+                    g = local_transform.apply(g, gen)
+            w = {k: (v - cfg.local_lr * g[k]).detach() for k, v in w.items()}
+            steps += 1
+    return w, steps, loss_sum / max(steps, 1)
+
+
+def local_train_vectorized(model: Classifier, start: Tensors, xs: torch.Tensor, ys: torch.Tensor,
+                           cfg: FedConfig, gen: torch.Generator) -> tuple[Tensors, int, torch.Tensor]:
+    """Local SGD for K clients at once: xs [K, n, ...], ys [K, n]. Returns the stacked
+    final weights [K, ...], the number of steps and the mean loss per client."""
+    k, n = ys.shape
+    w = {name: v.unsqueeze(0).expand(k, *v.shape).clone() for name, v in start.items()}
+
+    def loss_fn(wk: Tensors, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, wk, (xb,)), yb)
+
+    step_fn = vmap(grad_and_value(loss_fn))
+    bs = min(cfg.local_batch_size, n)
+    steps = 0
+    loss_sum = torch.zeros(k, device=ys.device)
+    rows = torch.arange(k, device=ys.device)[:, None]
+    for _ in range(cfg.local_epochs):
+        order = torch.stack([torch.randperm(n, generator=gen) for _ in range(k)]).to(ys.device)
+        for i in range(0, n, bs):
+            if cfg.local_steps is not None and steps >= cfg.local_steps:
+                break
+            idx = order[:, i:i + bs]
+            g, loss = step_fn(w, xs[rows, idx], ys[rows, idx])
+            w = {name: v - cfg.local_lr * g[name] for name, v in w.items()}
+            loss_sum += loss.detach()
+            steps += 1
+    return w, steps, loss_sum / max(steps, 1)
+
+
+def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
+               config: FedConfig | None = None, *, aggregator: Aggregator = fedavg,
+               update_transforms: Sequence[Callable[[ClientUpdate], ClientUpdate]] = (),
+               local_transform: LocalTransform | None = None,
+               hooks: Sequence[FedHook] = (), client_indices: list[Any] | None = None,
+               ) -> FedResult:
+    """Simulate FedAvg starting from `model`'s weights (the model itself is not changed).
+
+    Args:
+        model: architecture and initial global weights.
+        train, test: training data split over the clients; test data for accuracy.
+        config: `FedConfig`.
+        aggregator: server rule (default FedAvg).
+        update_transforms: applied to each client's update before upload, in order.
+        local_transform: gradient transform at every local SGD step (e.g. a defense).
+        hooks: `FedHook`s receiving the type-2/1/0 leakage events and per-round records.
+        client_indices: explicit client splits (list of index arrays) instead of `partition`.
+    """
+    cfg = config or FedConfig()
+    cfg.validate(len(train))
+    if tuple(train.input_shape) != model.spec.shape:
+        raise ConfigError(f"data shape {train.input_shape} does not match the model's {model.spec.shape}")
+    start_time = time.perf_counter()
+    dev = model.device
+    splits = client_indices if client_indices is not None else partition(
+        train.y, cfg.num_clients, cfg.partition, cfg.alpha, cfg.seed)
+    if len(splits) != cfg.num_clients:
+        raise ConfigError(f"{len(splits)} client splits for num_clients={cfg.num_clients}")
+    x_all, y_all = train.x.to(dev), train.y.to(dev)
+    data = [(x_all[torch.as_tensor(s, dtype=torch.long, device=dev)],
+             y_all[torch.as_tensor(s, dtype=torch.long, device=dev)]) for s in splits]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    weights = _trainable(model)
+    history: list[dict[str, Any]] = []
+    acc = None
+    with task("fedavg", cfg.rounds, cfg.progress) as bar:
+        for rnd in range(cfg.rounds):
+            chosen = torch.randperm(cfg.num_clients, generator=gen)[: cfg.clients_per_round].tolist()
+            updates: list[ClientUpdate] = []
+            losses = []
+            sizes = {int(data[c][0].shape[0]) for c in chosen}
+            batched = (cfg.vectorize and not hooks and local_transform is None and len(sizes) == 1
+                       and len(chosen) > 1 and 0 not in sizes)
+            if batched:
+                order = sorted(chosen)
+                xs = torch.stack([data[c][0] for c in order])
+                ys = torch.stack([data[c][1] for c in order])
+                wk, steps, lk = local_train_vectorized(model, weights, xs, ys, cfg, gen)
+                for j, c in enumerate(order):
+                    upd = ClientUpdate(c, rnd, {k: wk[k][j] - weights[k] for k in weights},
+                                       int(xs.shape[1]), cfg.local_lr, steps, {"loss": float(lk[j])})
+                    for tf in update_transforms:
+                        upd = tf(upd)
+                    losses.append(float(lk[j]))
+                    updates.append(upd)
+            for c in [] if batched else sorted(chosen):
+                xc, yc = data[c]
+                if xc.shape[0] == 0:
+                    continue
+                w_after, steps, loss = local_train(model, weights, xc, yc, cfg, gen, rnd, c,
+                                                   local_transform, hooks)
+                upd = ClientUpdate(c, rnd, {k: w_after[k] - weights[k] for k in weights},
+                                   int(xc.shape[0]), cfg.local_lr, steps, {"loss": loss})
+                for tf in update_transforms:
+                    upd = tf(upd)
+                losses.append(loss)
+                updates.append(upd)
+                if hooks:
+                    one_batch = steps == 1 and xc.shape[0] <= cfg.local_batch_size
+                    ev = LeakageEvent(1, rnd, c, None, WeightUpdate(
+                        dict(weights), {k: weights[k] + upd.delta[k] for k in weights}, cfg.local_lr,
+                        steps, batch_size=int(xc.shape[0]) if one_batch else None,
+                        meta={"leakage_type": 1, "round": rnd, "client": c,
+                              "num_examples": int(xc.shape[0])}), xc, yc)
+                    for h in hooks:
+                        h.on_type1(ev)
+            if not updates:
+                raise ConfigError(f"round {rnd}: no sampled client holds data")
+            delta = aggregator(updates)
+            new = {k: weights[k] + delta[k].to(weights[k].dtype) for k in weights}
+            if hooks:
+                mean_steps = max(1, round(sum(u.local_steps for u in updates) / len(updates)))
+                xs = torch.cat([data[u.client][0] for u in updates])
+                ys = torch.cat([data[u.client][1] for u in updates])
+                ev = LeakageEvent(0, rnd, None, None, WeightUpdate(
+                    dict(weights), new, cfg.local_lr, mean_steps,
+                    meta={"leakage_type": 0, "round": rnd, "clients": [u.client for u in updates],
+                          "num_examples": int(xs.shape[0])}), xs, ys)
+                for h in hooks:
+                    h.on_type0(ev)
+            weights = new
+            record: dict[str, Any] = {"round": rnd, "clients": [u.client for u in updates],
+                                      "local_loss": sum(losses) / len(losses)}
+            if test is not None and ((rnd + 1) % cfg.eval_every == 0 or rnd == cfg.rounds - 1):
+                acc = evaluate(model, weights, test)
+                record["test_accuracy"] = acc
+            history.append(record)
+            for h in hooks:
+                h.on_round_end(rnd, record)
+            bar.advance(1, info=f"acc {acc:.3f}" if acc is not None else None)
+    final = copy.deepcopy(model)
+    with torch.no_grad():
+        for k, p in final.named_parameters():
+            if k in weights:
+                p.copy_(weights[k])
+    return FedResult(history, final, weights, acc, time.perf_counter() - start_time, asdict(cfg))
