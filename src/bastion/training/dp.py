@@ -1,0 +1,935 @@
+"""DP-SGD with fixed and dynamic privacy parameters.
+
+Baseline DP-SGD (Abadi et al., CCS 2016): every step samples each training example with
+probability q (Poisson sampling), computes per-example gradients g_i, clips them to norm C
+(g_i * min(1, C / ||g_i||), over all parameters or layer by layer), sums them, adds
+Gaussian noise N(0, sigma^2 S^2 I) with sensitivity S = C, divides by the expected batch
+size q N and takes an optimizer step. The privacy cost of the run is the composition of T
+Poisson-subsampled Gaussian steps (see `bastion.privacy.accountants`).
+
+Dynamic privacy parameters (Wei & Liu, dissertation ch. 4, Algorithms 2-3, Table 4.1):
+
+=============  =============  ==========================  ==============
+variant        clip C_t       sensitivity S_t             noise scale
+=============  =============  ==========================  ==============
+baseline       C0             C_t                         sigma0
+cdecay         DECAY(C0)      C_t                         sigma0
+l2-max         C0             min(max_i ||g_i||, C_t)     sigma0
+dyn-s          DECAY(C0)      min(max_i ||g_i||, C_t)     sigma0
+dyn-sigma      C0             C_t                         DECAY(sigma0)
+dyn-s-sigma    DECAY(C0)      min(max_i ||g_i||, C_t)     DECAY(sigma0)
+=============  =============  ==========================  ==============
+
+DECAY is linear, exponential or cyclic (`bastion.training.dp_schedules`). Comparators:
+``quantile`` -- adaptive clipping to a privately estimated quantile of the gradient norms
+(Andrew et al., NeurIPS 2021); ``adaclip`` -- coordinate-wise adaptive clipping with
+private mean/variance estimates (Pichapati et al. 2019).
+
+Caveat (documented in docs/dp.md): l2-max sensitivity is computed from the batch itself,
+as in the dissertation; the accountants then treat sigma_t as the noise multiplier of each
+step, which is the dissertation's analysis but not a worst-case DP proof.
+
+Per-example gradients come from one of three engines:
+
+- ``ghost`` (default when every parameterised layer is Linear, Conv1d/2d, GroupNorm or
+  LayerNorm): one forward pass with hooks, one backward pass for the *activation*
+  gradients only (no weight gradients), then per layer the per-example gradient norms --
+  the ghost-norm identity ||g a^T||^2 = ||g||^2 ||a||^2 for dense layers (Goodfellow 2015),
+  a Gram-matrix or a materialised per-example product for convolutions, whichever is
+  cheaper -- and the clipped sum as one weighted matrix product per layer. The cost is
+  close to a non-private step (measured in benchmarks/dp.py).
+- ``vmap``: torch.func per-example gradients (any layer without batch statistics).
+- ``opacus``: Opacus's grad-sample hooks (optional dependency; for comparison).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bastion.core import Classifier, ConfigError, InputError, unknown_name
+from bastion.data.dataset import Dataset
+from bastion.privacy.accountants import (
+    ACCOUNTANTS,
+    PrivacyLedger,
+    check_accountant,
+    check_delta,
+    check_rate,
+)
+from bastion.progress import task
+from bastion.training.dp_schedules import Decay, canonical_policy
+
+VARIANTS: tuple[str, ...] = ("baseline", "cdecay", "l2-max", "dyn-s", "dyn-sigma", "dyn-s-sigma",
+                             "quantile", "adaclip")
+_VARIANT_ALIASES = {"fixed": "baseline", "dyns[cdecay]": "cdecay", "dyns[l2-max]": "l2-max",
+                    "l2max": "l2-max", "dyns": "dyn-s", "dyn_s": "dyn-s", "dynsigma": "dyn-sigma",
+                    "dyn[s,sigma]": "dyn-s-sigma", "dyn-s,sigma": "dyn-s-sigma"}
+# variant -> (C decays, l2-max sensitivity, sigma decays)
+_DYNAMICS: dict[str, tuple[bool, bool, bool]] = {
+    "baseline": (False, False, False), "cdecay": (True, False, False),
+    "l2-max": (False, True, False), "dyn-s": (True, True, False),
+    "dyn-sigma": (False, False, True), "dyn-s-sigma": (True, True, True),
+    "quantile": (False, False, False), "adaclip": (False, False, False),
+}
+ENGINES: tuple[str, ...] = ("auto", "ghost", "vmap", "opacus")
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def canonical_variant(name: str) -> str:
+    key = name.lower().replace("_", "-")
+    key = _VARIANT_ALIASES.get(key, key)
+    if key not in VARIANTS:
+        raise unknown_name("DP-SGD variant", name, VARIANTS)
+    return key
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """DP-SGD hyper-parameters (defaults: the dissertation's C = 4, sigma = 6, delta = 1e-5).
+
+    Attributes:
+        sigma: noise multiplier sigma (the start value sigma0 for dynamic noise).
+        clip: clipping bound C (the start value C0 for decaying clipping).
+        delta: target delta of the (epsilon, delta) guarantee; must be < 1 (use < 1/n).
+        variant: one of VARIANTS (see the module docstring).
+        decay: decay policy of C_t and (unless `sigma_decay` is set) sigma_t:
+            'linear', 'exp' or 'cyclic'.
+        sigma_decay: decay policy of sigma_t (None = `decay`).
+        clip_final: C at the last planned step (None = min(2, C0 / 2): the dissertation
+            decays C = 4 linearly to 2).
+        sigma_final: sigma at the last planned step (None = sigma0 / 2).
+        half_period: half period V of the cyclic policy in steps (None = T / 10).
+        per_layer: clip each of the M parameterised layers to C / sqrt(M) (so the whole
+            gradient stays within C) instead of clipping the flat gradient to C.
+        batch_size: expected batch (lot) size; the sampling rate is q = batch_size / n.
+        epochs: planned training length in epochs (T = round(epochs / q)) unless `steps`.
+        steps: planned number of steps T (overrides `epochs`).
+        lr: learning rate. optimizer: 'sgd' (momentum 0.9 when `momentum` is None) or 'adam'.
+        momentum: SGD momentum.
+        target_epsilon: stop before a step would spend more than this (under `accountant`).
+        accountant: accountant that enforces `target_epsilon` (default 'rdp', = Opacus).
+        target_accuracy: stop once test accuracy reaches this (checked at every evaluation).
+        eval_every: evaluate test accuracy every this many steps (None = once per epoch).
+        engine: per-example gradient engine: 'auto', 'ghost', 'vmap' or 'opacus'.
+        poisson: Poisson sampling (required for the accountants' guarantee); False takes
+            shuffled fixed-size batches (faster to compare, accounted as if Poisson).
+        fix_batchnorm: replace BatchNorm layers by GroupNorm instead of refusing the model.
+        target_quantile, clip_lr, count_noise: quantile clipping (Andrew et al.): target
+            unclipped fraction gamma = 0.5, geometric step eta_C = 0.2, noise std of the
+            clipped-count estimate (None = batch_size / 20, the paper's choice).
+        adaclip_betas, adaclip_bounds: AdaClip's moving-average rates (beta1, beta2) for
+            the mean / variance estimates and the bounds (h1, h2) of the variance estimate.
+        seed: seeds sampling, noise and initial shuffling.
+        progress: show a progress bar (None = only on an interactive terminal).
+    """
+
+    sigma: float = 6.0
+    clip: float = 4.0
+    delta: float = 1e-5
+    variant: str = "baseline"
+    decay: str = "linear"
+    sigma_decay: str | None = None
+    clip_final: float | None = None
+    sigma_final: float | None = None
+    half_period: int | None = None
+    per_layer: bool = False
+    batch_size: int = 256
+    epochs: float = 5.0
+    steps: int | None = None
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    target_epsilon: float | None = None
+    accountant: str = "rdp"
+    target_accuracy: float | None = None
+    eval_every: int | None = None
+    engine: str = "auto"
+    poisson: bool = True
+    fix_batchnorm: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    count_noise: float | None = None
+    adaclip_betas: tuple[float, float] = (0.99, 0.9)
+    adaclip_bounds: tuple[float, float] = (1e-10, 1e2)
+    seed: int = 0
+    progress: bool | None = None
+
+    def validate(self, n: int | None = None) -> None:
+        """Raise ConfigError for any impossible value (before any work starts)."""
+        if not isinstance(self.sigma, (int, float)) or not self.sigma > 0 or not math.isfinite(self.sigma):
+            raise ConfigError(f"sigma (noise multiplier) must be positive, got {self.sigma}; "
+                              "sigma = 0 would be non-private training")
+        if not isinstance(self.clip, (int, float)) or not self.clip > 0 or not math.isfinite(self.clip):
+            raise ConfigError(f"clip (clipping bound C) must be positive, got {self.clip}")
+        check_delta(self.delta)
+        canonical_variant(self.variant)
+        canonical_policy(self.decay)
+        if self.sigma_decay is not None:
+            canonical_policy(self.sigma_decay)
+        if self.clip_final is not None and not 0 < self.clip_final <= self.clip:
+            raise ConfigError(f"clip_final must lie in (0, clip={self.clip}], got {self.clip_final}")
+        if self.sigma_final is not None and not 0 < self.sigma_final <= self.sigma:
+            raise ConfigError(f"sigma_final must lie in (0, sigma={self.sigma}], got {self.sigma_final}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if n is not None:
+            if n < 1:
+                raise ConfigError("the training set is empty")
+            if self.batch_size > n:
+                raise ConfigError(f"batch_size {self.batch_size} exceeds the training set size {n}; "
+                                  "the sampling rate q = batch_size / n must lie in (0, 1]")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.steps is None and not self.epochs > 0:
+            raise ConfigError(f"epochs must be positive, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: adam, sgd")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise ConfigError(f"target_epsilon must be positive, got {self.target_epsilon}")
+        check_accountant(self.accountant)
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            raise ConfigError(f"target_accuracy must lie in (0, 1], got {self.target_accuracy}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.engine not in ENGINES:
+            raise unknown_name("per-example gradient engine", self.engine, ENGINES)
+        if not 0 < self.target_quantile < 1:
+            raise ConfigError(f"target_quantile must lie in (0, 1), got {self.target_quantile}")
+        if not self.clip_lr > 0:
+            raise ConfigError(f"clip_lr must be positive, got {self.clip_lr}")
+        if canonical_variant(self.variant) == "quantile":
+            sb = self.count_noise if self.count_noise is not None else self.batch_size / 20
+            if not sb > 0 or 2 * sb <= self.sigma:
+                raise ConfigError(
+                    f"quantile clipping spends part of the noise on the clipped-count estimate: "
+                    f"its noise std ({sb:g}) must exceed sigma / 2 = {self.sigma / 2:g}; raise "
+                    "count_noise or batch_size")
+        b1, b2 = self.adaclip_betas
+        h1, h2 = self.adaclip_bounds
+        if not (0 <= b1 < 1 and 0 <= b2 < 1 and 0 < h1 < h2):
+            raise ConfigError("adaclip_betas must lie in [0, 1) and adaclip_bounds satisfy 0 < h1 < h2")
+
+    @property
+    def canonical_variant(self) -> str:
+        return canonical_variant(self.variant)
+
+    def sample_rate(self, n: int) -> float:
+        return check_rate(self.batch_size / n)
+
+    def planned_steps(self, n: int) -> int:
+        if self.steps is not None:
+            return int(self.steps)
+        return max(1, round(self.epochs * n / self.batch_size))
+
+
+# --------------------------------------------------------------------------- model checks
+
+
+def find_batchnorm(module: nn.Module) -> list[str]:
+    return [name or type(m).__name__ for name, m in module.named_modules() if isinstance(m, _BN_TYPES)]
+
+
+def _groups_for(ch: int) -> int:
+    for g in (8, 4, 2, 1):
+        if ch % g == 0 and g <= ch:
+            return g
+    return 1
+
+
+def replace_batchnorm(module: nn.Module) -> int:
+    """Replace every BatchNorm layer of `module` in place by GroupNorm(min(8, C), C) (a
+    divisor of C); returns how many were replaced. The weights are re-initialised."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, _BN_TYPES):
+            ch = child.num_features
+            gn = nn.GroupNorm(_groups_for(ch), ch, affine=child.affine)
+            p = next(child.parameters(), None)
+            if p is not None:
+                gn.to(p.device)
+            setattr(module, name, gn)
+            count += 1
+        else:
+            count += replace_batchnorm(child)
+    return count
+
+
+def check_dp_model(clf: Classifier, fix: bool = False) -> None:
+    """Refuse models whose layers mix examples of a batch (BatchNorm), or convert them."""
+    bns = find_batchnorm(clf.module)
+    if not bns:
+        return
+    if fix:
+        replace_batchnorm(clf.module)
+        clf.meta.setdefault("arch_args", {})
+        if clf.meta.get("arch") == "resnet":
+            clf.meta["arch_args"] = {**clf.meta["arch_args"], "norm": "group"}
+        return
+    raise ConfigError(
+        f"DP-SGD cannot train a model with BatchNorm ({', '.join(bns[:3])}"
+        f"{', ...' if len(bns) > 3 else ''}): batch normalisation mixes the examples of a batch, "
+        "so per-example gradients (and hence clipping and the privacy guarantee) are undefined, and "
+        "its running statistics leak the data unprotected. Use GroupNorm instead (e.g. "
+        "`--arg norm=group` for resnet) or pass fix_batchnorm=True to replace it.")
+
+
+# --------------------------------------------------------------------------- engines
+
+
+@dataclass
+class PerExample:
+    """Per-example gradient information of one batch.
+
+    norms_sq: [B, M] squared per-example gradient norms of each of the M layer groups.
+    weighted_sum: w [B, M] -> per-parameter sums  sum_i w[i, m(p)] g_i(p)  (clipped sums).
+    per_sample: optional callable returning materialised per-example gradients [B, *p.shape].
+    """
+
+    norms_sq: torch.Tensor
+    weighted_sum: Callable[[torch.Tensor], list[torch.Tensor]]
+    per_sample: Callable[[], list[torch.Tensor]] | None = None
+
+
+class _Engine:
+    params: list[nn.Parameter]
+    group_of: list[int]
+    num_groups: int
+
+    def compute(self, clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> PerExample:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+_GHOST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
+
+
+def _owned_params(m: nn.Module) -> list[nn.Parameter]:
+    return [p for p in m.parameters(recurse=False) if p.requires_grad]
+
+
+def ghost_unsupported(module: nn.Module) -> list[str]:
+    """Names of parameterised layers the ghost engine cannot handle."""
+    return [f"{name or '<root>'} ({type(m).__name__})" for name, m in module.named_modules()
+            if _owned_params(m) and not isinstance(m, _GHOST_TYPES)]
+
+
+class GhostEngine(_Engine):
+    """Per-example norms from activations and activation gradients (see module docstring)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        bad = ghost_unsupported(module)
+        if bad:
+            raise ConfigError(f"the ghost engine supports Linear, Conv1d/2d, GroupNorm and LayerNorm; "
+                              f"unsupported parameterised layers: {', '.join(bad)}; use engine='vmap'")
+        self.layers = [m for m in module.modules() if _owned_params(m)]
+        for m in self.layers:
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding_mode != "zeros":
+                raise ConfigError(f"the ghost engine needs zero padding, {m} uses {m.padding_mode!r}; "
+                                  "use engine='vmap'")
+        self.params = []
+        self.group_of = []
+        for k, m in enumerate(self.layers):
+            for p in _owned_params(m):
+                self.params.append(p)
+                self.group_of.append(k)
+        self.num_groups = len(self.layers)
+        self._records: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._versions: dict[int, int] = {}
+        self._active = False
+        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
+
+    def _hook(self, m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if not self._active:
+            return
+        if id(m) in self._records:
+            raise ConfigError(f"layer {m} is applied twice in one forward pass (weight sharing); "
+                              "the ghost engine needs each layer once -- use engine='vmap'")
+        self._records[id(m)] = (inp[0].detach(), out)
+        self._versions[id(m)] = out._version
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def compute(self, clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> PerExample:
+        self._records.clear()
+        self._active = True
+        try:
+            logits = clf(x)
+        finally:
+            self._active = False
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        used = [m for m in self.layers if id(m) in self._records]
+        outs = [self._records[id(m)][1] for m in used]
+        for m, o in zip(used, outs):
+            if o._version != self._versions[id(m)]:
+                raise ConfigError(f"the output of {m} is modified in place later in the forward pass "
+                                  "(e.g. ReLU(inplace=True)); use inplace=False or engine='vmap'")
+        grads = torch.autograd.grad(loss, outs, allow_unused=True)
+        b = x.shape[0]
+        nsq = x.new_zeros(b, self.num_groups)
+        sums: dict[int, Callable[[torch.Tensor], list[torch.Tensor]]] = {}
+        for m, g in zip(used, grads):
+            k = self.layers.index(m)
+            a = self._records[id(m)][0]
+            if g is None:
+                g = torch.zeros_like(self._records[id(m)][1])
+            norm_sq, fn = _layer_grads(m, a, g.detach())
+            nsq[:, k] = norm_sq
+            sums[k] = fn
+        self._records.clear()
+        layers = self.layers
+
+        def weighted_sum(w: torch.Tensor) -> list[torch.Tensor]:
+            out: list[torch.Tensor] = []
+            for k, m in enumerate(layers):
+                ps = _owned_params(m)
+                if k in sums:
+                    out.extend(sums[k](w[:, k]))
+                else:
+                    out.extend(torch.zeros_like(p) for p in ps)
+            return out
+
+        return PerExample(nsq, weighted_sum)
+
+
+def _conv_pad(m: nn.Conv1d | nn.Conv2d) -> tuple[int, ...]:
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            return (0,) * len(m.kernel_size)
+        pads = []
+        for k, d, _s in zip(m.kernel_size, m.dilation, m.stride):
+            total = d * (k - 1)
+            if total % 2:
+                raise ConfigError(f"{m}: padding='same' with an even kernel is asymmetric; use "
+                                  "engine='vmap'")
+            pads.append(total // 2)
+        return tuple(pads)
+    return tuple(m.padding)
+
+
+def _layer_grads(m: nn.Module, a: torch.Tensor, g: torch.Tensor
+                 ) -> tuple[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
+    """Per-example squared gradient norm of layer `m` (all its parameters) and a function
+    giving its weighted per-example gradient sums, from input `a` and output gradient `g`."""
+    b = a.shape[0]
+    has_bias = getattr(m, "bias", None) is not None and m.bias.requires_grad
+    if isinstance(m, nn.Linear):
+        if a.dim() == 2:
+            gsq = g.pow(2).sum(1)
+            nsq = gsq * a.pow(2).sum(1) + (gsq if has_bias else 0)
+
+            def fn(w: torch.Tensor) -> list[torch.Tensor]:
+                gw = g * w[:, None]
+                out = [gw.t() @ a]
+                if has_bias:
+                    out.append(gw.sum(0))
+                return out
+            return nsq, fn
+        a3, g3 = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])
+        t = a3.shape[1]
+        if t * t < a3.shape[2] * g3.shape[2]:
+            nsq = (torch.bmm(a3, a3.transpose(1, 2)) * torch.bmm(g3, g3.transpose(1, 2))).sum((1, 2))
+        else:
+            nsq = torch.einsum("bto,bti->boi", g3, a3).pow(2).sum((1, 2))
+        gb = g3.sum(1)
+        if has_bias:
+            nsq = nsq + gb.pow(2).sum(1)
+
+        def fn3(w: torch.Tensor) -> list[torch.Tensor]:
+            gw = g3 * w[:, None, None]
+            out = [gw.reshape(-1, gw.shape[-1]).t() @ a3.reshape(-1, a3.shape[-1])]
+            if has_bias:
+                out.append((gb * w[:, None]).sum(0))
+            return out
+        return nsq, fn3
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        is1d = isinstance(m, nn.Conv1d)
+        pad = _conv_pad(m)
+        gr = g.reshape(b, g.shape[1], -1)                       # [B, O, L]
+        groups = m.groups
+        wshape = m.weight.shape
+        o, L = gr.shape[1], gr.shape[2]
+        kg = int(torch.tensor(wshape[1:]).prod())
+        og = o // groups
+        g_g = gr.view(b, groups, og, L)
+        gb = gr.sum(2) if has_bias else None
+        if L * (kg + og) < og * kg:   # ghost norm via Gram matrices is cheaper
+            if is1d:
+                cols = F.unfold(a.unsqueeze(2), (1, m.kernel_size[0]), dilation=(1, m.dilation[0]),
+                                padding=(0, pad[0]), stride=(1, m.stride[0]))
+            else:
+                cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=pad, stride=m.stride)
+            cols_g = cols.view(b, groups, kg, L)
+            ga = torch.einsum("bgkl,bgkm->bglm", cols_g, cols_g)
+            gg = torch.einsum("bgol,bgom->bglm", g_g, g_g)
+            nsq = (ga * gg).sum((1, 2, 3))
+
+            def fnc(w: torch.Tensor) -> list[torch.Tensor]:
+                gw = g_g * w[:, None, None, None]
+                out = [torch.einsum("bgol,bgkl->gok", gw, cols_g).reshape(wshape)]
+                if has_bias:
+                    out.append((gb * w[:, None]).sum(0))
+                return out
+        else:
+            # per-example weight gradients from one grouped weight-gradient convolution (the
+            # batch folded into the channel groups), faster than im2col + batched matmul
+            wdummy = torch.empty((b * o, *wshape[1:]), device=a.device, dtype=a.dtype)
+            _, gw_all, _ = torch.ops.aten.convolution_backward(
+                g.reshape(1, b * o, *g.shape[2:]), a.reshape(1, -1, *a.shape[2:]), wdummy, None,
+                list(m.stride), list(pad), list(m.dilation), False, [0] * len(pad), b * groups,
+                [False, True, False])
+            per = gw_all.reshape(b, groups, og, kg)               # [B, G, O/G, K/G]
+            nsq = per.pow(2).sum((1, 2, 3))
+
+            def fnc(w: torch.Tensor) -> list[torch.Tensor]:
+                out = [torch.einsum("b,bgok->gok", w, per).reshape(wshape)]
+                if has_bias:
+                    out.append((gb * w[:, None]).sum(0))
+                return out
+        if has_bias:
+            nsq = nsq + gb.pow(2).sum(1)
+        return nsq, fnc
+    if isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+        if isinstance(m, nn.GroupNorm):
+            xh = F.group_norm(a, m.num_groups, eps=m.eps)
+            red = [d for d in range(2, a.dim())]
+        else:
+            xh = F.layer_norm(a, m.normalized_shape, eps=m.eps)
+            red = list(range(1, a.dim() - len(m.normalized_shape)))
+        gw_ = (g * xh).sum(red) if red else g * xh
+        gb_ = g.sum(red) if red else g
+        parts = []
+        if m.weight is not None and m.weight.requires_grad:
+            parts.append(gw_)
+        if m.bias is not None and m.bias.requires_grad:
+            parts.append(gb_)
+        nsq = sum(p.reshape(b, -1).pow(2).sum(1) for p in parts)
+
+        def fnn(w: torch.Tensor) -> list[torch.Tensor]:
+            shape = (b,) + (1,) * (parts[0].dim() - 1)
+            return [(p * w.view(shape)).sum(0) for p in parts]
+        return nsq, fnn  # type: ignore[return-value]
+    raise ConfigError(f"no per-example rule for {type(m).__name__}")
+
+
+class VmapEngine(_Engine):
+    """torch.func per-example gradients (vmap over grad of the single-example loss)."""
+
+    def __init__(self, module: nn.Module, clf: Classifier, chunk: int | None = None) -> None:
+        self.names = [n for n, p in clf.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in clf.named_parameters() if p.requires_grad]
+        owners: dict[str, int] = {}
+        self.group_of = [owners.setdefault(n.rsplit(".", 1)[0], len(owners)) for n in self.names]
+        self.num_groups = len(owners)
+        self.chunk = chunk
+
+    def compute(self, clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> PerExample:
+        from torch.func import functional_call, grad, vmap
+        params = {n: p.detach() for n, p in zip(self.names, self.params)}
+        buffers = {n: b for n, b in clf.named_buffers()}
+
+        def loss_fn(prm: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+            out = functional_call(clf, (prm, buffers), (xi.unsqueeze(0),))
+            return F.cross_entropy(out, yi.unsqueeze(0))
+
+        f = vmap(grad(loss_fn), in_dims=(None, 0, 0), randomness="different")
+        step = self.chunk or max(x.shape[0], 1)
+        chunks = [f(params, x[i:i + step], y[i:i + step]) for i in range(0, x.shape[0], step)]
+        per = [torch.cat([c[n] for c in chunks]) if chunks else
+               torch.zeros((0, *p.shape), device=p.device) for n, p in zip(self.names, self.params)]
+        b = x.shape[0]
+        nsq = x.new_zeros(b, self.num_groups)
+        for k, t in zip(self.group_of, per):
+            nsq[:, k] += t.reshape(b, -1).pow(2).sum(1)
+        gof = self.group_of
+
+        def weighted_sum(w: torch.Tensor) -> list[torch.Tensor]:
+            return [torch.einsum("b,b...->...", w[:, k], t) for k, t in zip(gof, per)]
+
+        return PerExample(nsq, weighted_sum, per_sample=lambda: per)
+
+
+class OpacusEngine(_Engine):
+    """Opacus's GradSampleModule hooks (for comparison; needs `pip install opacus`)."""
+
+    def __init__(self, module: nn.Module, clf: Classifier) -> None:
+        try:
+            from opacus import GradSampleModule
+        except ImportError as e:  # pragma: no cover - exercised only without opacus
+            raise ConfigError("engine='opacus' needs Opacus (pip install opacus; it is in the dev extra)") from e
+        self.gsm = GradSampleModule(module, loss_reduction="sum")
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        owners: dict[int, int] = {}
+        self.group_of = []
+        for m in module.modules():
+            for _p in _owned_params(m):
+                self.group_of.append(owners.setdefault(id(m), len(owners)))
+        self.num_groups = len(owners)
+
+    def compute(self, clf: Classifier, x: torch.Tensor, y: torch.Tensor) -> PerExample:
+        for p in self.params:
+            p.grad_sample = None
+            p.grad = None
+        self.gsm.train()
+        logits = self.gsm(clf.normalize(x))
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            F.cross_entropy(logits, y, reduction="sum").backward()
+        per = [p.grad_sample for p in self.params]
+        for p in self.params:
+            p.grad_sample = None
+            p.grad = None
+        b = x.shape[0]
+        nsq = x.new_zeros(b, self.num_groups)
+        for k, t in zip(self.group_of, per):
+            nsq[:, k] += t.reshape(b, -1).pow(2).sum(1)
+        gof = self.group_of
+
+        def weighted_sum(w: torch.Tensor) -> list[torch.Tensor]:
+            return [torch.einsum("b,b...->...", w[:, k], t) for k, t in zip(gof, per)]
+
+        return PerExample(nsq, weighted_sum, per_sample=lambda: per)
+
+    def close(self) -> None:
+        self.gsm._close()
+
+
+def make_engine(clf: Classifier, engine: str = "auto") -> _Engine:
+    """The per-example gradient engine for `clf` ('auto' = ghost when supported, else vmap)."""
+    if engine not in ENGINES:
+        raise unknown_name("per-example gradient engine", engine, ENGINES)
+    if find_batchnorm(clf.module):
+        check_dp_model(clf)
+    if engine == "auto":
+        engine = "ghost" if not ghost_unsupported(clf.module) else "vmap"
+    if engine == "ghost":
+        return GhostEngine(clf.module)
+    if engine == "vmap":
+        return VmapEngine(clf.module, clf)
+    return OpacusEngine(clf.module, clf)
+
+
+# --------------------------------------------------------------------------- the DP-SGD step
+
+
+@dataclass
+class StepInfo:
+    """What one DP-SGD step did (scalars, for traces and plots)."""
+
+    step: int
+    batch: int
+    clip: float
+    sensitivity: float
+    sigma: float          # noise multiplier charged to the accountant
+    noise_std: float      # std of the noise added to the gradient sum
+    max_norm: float
+    mean_norm: float
+    clipped_fraction: float
+
+
+class DPSGD:
+    """A DP-SGD optimiser for one classifier: `privatize(x, y)` returns the sanitised
+    gradient a step would release; `step(x, y)` also applies it and charges the ledger.
+
+    Args:
+        clf: the model (no BatchNorm; see `check_dp_model`).
+        cfg: DPConfig.
+        n: training-set size (sets q = batch_size / n).
+        steps: planned number of steps T for the decay schedules (None = cfg's).
+    """
+
+    def __init__(self, clf: Classifier, cfg: DPConfig, n: int, steps: int | None = None) -> None:
+        cfg.validate(n)
+        check_dp_model(clf, fix=cfg.fix_batchnorm)
+        self.clf, self.cfg, self.n = clf, cfg, n
+        self.variant = cfg.canonical_variant
+        self.q = cfg.sample_rate(n)
+        self.T = steps or cfg.planned_steps(n)
+        engine = "vmap" if self.variant == "adaclip" and cfg.engine in ("auto", "ghost") else cfg.engine
+        self.engine = make_engine(clf, engine)
+        self.params = self.engine.params
+        decay_c, self.l2max, decay_s = _DYNAMICS[self.variant]
+        c_end = cfg.clip_final if cfg.clip_final is not None else min(2.0, cfg.clip / 2)
+        s_end = cfg.sigma_final if cfg.sigma_final is not None else cfg.sigma / 2
+        self.clip_sched = Decay(cfg.decay if decay_c else "constant", cfg.clip, min(c_end, cfg.clip),
+                                self.T, cfg.half_period)
+        self.sigma_sched = Decay((cfg.sigma_decay or cfg.decay) if decay_s else "constant", cfg.sigma,
+                                 min(s_end, cfg.sigma), self.T, cfg.half_period)
+        self.ledger = PrivacyLedger()
+        self.t = 0
+        self.expected_batch = self.q * n
+        dev = clf.device
+        self.gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+        self._qclip = float(cfg.clip)
+        self._count_noise = cfg.count_noise if cfg.count_noise is not None else cfg.batch_size / 20
+        self._ada: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        if self.variant == "adaclip":
+            self._ada = ([torch.zeros_like(p) for p in self.params],
+                         [torch.ones_like(p) for p in self.params])
+        if cfg.optimizer == "adam":
+            self.opt: torch.optim.Optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
+        else:
+            self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum)
+
+    # -- schedule ---------------------------------------------------------------
+    def clip_at(self, t: int) -> float:
+        return self._qclip if self.variant == "quantile" else self.clip_sched(t)
+
+    def sigma_at(self, t: int) -> float:
+        """Noise multiplier charged to the accountant at step t."""
+        return self.sigma_sched(t)
+
+    def sample(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A Poisson sample (each example kept with probability q)."""
+        keep = torch.rand(x.shape[0], generator=self.gen, device=x.device) < self.q
+        idx = keep.nonzero().flatten()
+        return x[idx], y[idx]
+
+    def _noise(self, like: torch.Tensor, std: float) -> torch.Tensor:
+        return torch.randn(like.shape, generator=self.gen, device=like.device, dtype=like.dtype) * std
+
+    # -- the mechanism ----------------------------------------------------------
+    def privatize(self, x: torch.Tensor, y: torch.Tensor, t: int | None = None
+                  ) -> tuple[list[torch.Tensor], StepInfo]:
+        """Clip, sum and noise the per-example gradients of batch (x, y) as step t would
+        (default: the next step); returns per-parameter gradients divided by the expected
+        batch size, and the step's StepInfo. Does not change the model or the ledger."""
+        t = self.t if t is None else t
+        cfg = self.cfg
+        b = x.shape[0]
+        c_t = self.clip_at(t)
+        sigma_t = self.sigma_at(t)
+        if b == 0:
+            sums = [torch.zeros_like(p) for p in self.params]
+            s_t = c_t
+            max_n = mean_n = frac = 0.0
+        elif self.variant == "adaclip":
+            sums, s_t, max_n, mean_n, frac = self._adaclip_sums(x, y, c_t)
+        else:
+            pe = self.engine.compute(self.clf, x, y)
+            nsq = pe.norms_sq.clamp_min(0)
+            total = nsq.sum(1).sqrt()
+            m = nsq.shape[1]
+            if cfg.per_layer:
+                cm = c_t / math.sqrt(m)
+                w = (cm / (nsq.sqrt() + 1e-6)).clamp(max=1.0)
+                clipped = (nsq * w.pow(2)).sum(1).sqrt()
+            else:
+                w1 = (c_t / (total + 1e-6)).clamp(max=1.0)
+                w = w1[:, None].expand(b, m)
+                clipped = total * w1
+            sums = pe.weighted_sum(w.contiguous())
+            stats = torch.stack([total.max(), total.mean(), (total > c_t).float().mean(), clipped.max()])
+            max_n, mean_n, frac, cmax = stats.tolist()
+            s_t = min(cmax, c_t) if self.l2max else c_t
+            if self.variant == "quantile":
+                self._update_quantile_clip((total <= c_t).float().sum())
+        noise_mult = sigma_t
+        if self.variant == "quantile":
+            noise_mult = (sigma_t ** -2 - (2 * self._count_noise) ** -2) ** -0.5
+        if self.variant == "adaclip":
+            grads = self._adaclip_finish(sums, sigma_t, c_t)
+            std = sigma_t * c_t
+        else:
+            if self.l2max and b == 0:
+                s_t = c_t
+            std = noise_mult * s_t
+            grads = [(s + self._noise(s, std)) / self.expected_batch for s in sums]
+        info = StepInfo(step=t, batch=b, clip=c_t, sensitivity=s_t, sigma=sigma_t, noise_std=std,
+                        max_norm=max_n, mean_norm=mean_n, clipped_fraction=frac)
+        return grads, info
+
+    def _update_quantile_clip(self, unclipped: torch.Tensor) -> None:
+        cfg = self.cfg
+        noisy = (float(unclipped) + float(torch.randn((), generator=self.gen,
+                                                      device=unclipped.device)) * self._count_noise)
+        frac = noisy / self.expected_batch
+        self._qclip *= math.exp(-cfg.clip_lr * (frac - cfg.target_quantile))
+
+    def _adaclip_sums(self, x: torch.Tensor, y: torch.Tensor, c_t: float
+                      ) -> tuple[list[torch.Tensor], float, float, float, float]:
+        assert self._ada is not None
+        pe = self.engine.compute(self.clf, x, y)
+        assert pe.per_sample is not None
+        per = pe.per_sample()
+        mean, scale = self._ada
+        b = x.shape[0]
+        white = [(g - mu) / s for g, mu, s in zip(per, mean, scale)]
+        wn = torch.sqrt(sum(t.reshape(b, -1).pow(2).sum(1) for t in white))
+        gn = pe.norms_sq.sum(1).sqrt()
+        w = (c_t / (wn + 1e-6)).clamp(max=1.0)
+        sums = [torch.einsum("b,b...->...", w, t) for t in white]
+        stats = torch.stack([gn.max(), gn.mean(), (wn > c_t).float().mean()]).tolist()
+        return sums, c_t, stats[0], stats[1], stats[2]
+
+    def _adaclip_finish(self, sums: list[torch.Tensor], sigma: float, c: float) -> list[torch.Tensor]:
+        assert self._ada is not None
+        mean, scale = self._ada
+        b1, b2 = self.cfg.adaclip_betas
+        h1, h2 = self.cfg.adaclip_bounds
+        std = sigma * c
+        out, var_new = [], []
+        for s, mu, sc in zip(sums, mean, scale):
+            wbar = (s + self._noise(s, std)) / self.expected_batch
+            ghat = sc * wbar + mu
+            out.append(ghat)
+            var_new.append(self.expected_batch * (ghat - mu) ** 2)  # per-example variance
+        if not hasattr(self, "_ada_var"):
+            self._ada_var = [v.clamp(h1, h2) for v in var_new]
+        else:
+            self._ada_var = [(b2 * v + (1 - b2) * vn).clamp(h1, h2) for v, vn in zip(self._ada_var, var_new)]
+        for mu, g in zip(mean, out):
+            mu.mul_(b1).add_(g, alpha=1 - b1)
+        # s_j proportional to b_j^(1/4), normalised so that E||(g - m)/s||^2 = C^2
+        root = sum(v.sqrt().sum() for v in self._ada_var)
+        for sc, v in zip(scale, self._ada_var):
+            sc.copy_(v.pow(0.25) * root.sqrt() / c)
+        return out
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
+        """One DP-SGD step on the already-sampled batch (x, y); charges the ledger."""
+        self.clf.train()
+        grads, info = self.privatize(x, y)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ledger.step(self.q, info.sigma)
+        self.t += 1
+        return info
+
+    def epsilon_if_step(self, accountant: str | None = None) -> float:
+        """The epsilon the ledger would show after one more step (budget check)."""
+        acc = accountant or self.cfg.accountant
+        trial = PrivacyLedger(self.ledger.rdp_orders, self.ledger.moments_orders)
+        trial.groups = [type(g)(g.q, g.sigma, g.count) for g in self.ledger.groups]
+        trial._rdp, trial._mom, trial._rho = (self.ledger._rdp.copy(), self.ledger._mom.copy(),
+                                              self.ledger._rho)
+        trial._cache = self.ledger._cache
+        trial.step(self.q, self.sigma_at(self.t))
+        return trial.epsilon(self.cfg.delta, acc)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+# --------------------------------------------------------------------------- training loop
+
+
+@dataclass
+class DPTrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    trace: dict[str, list[float]] = field(default_factory=dict)
+    steps: int = 0
+    planned_steps: int = 0
+    stop_reason: str = "steps"
+    epsilon: dict[str, float] = field(default_factory=dict)
+    delta: float = 0.0
+    sample_rate: float = 0.0
+    test_accuracy: float | None = None
+    train_accuracy: float | None = None
+    wall_time: float = 0.0
+    engine: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    schedule: list[list[float]] = field(default_factory=list)
+
+    def privacy_record(self) -> dict[str, Any]:
+        """What a checkpoint's metadata records about the privacy of its training."""
+        c = self.config
+        return {"mechanism": "DP-SGD (Poisson-subsampled Gaussian)", "variant": c.get("variant"),
+                "sigma": c.get("sigma"), "clip": c.get("clip"), "delta": self.delta,
+                "decay": c.get("decay"), "per_layer": c.get("per_layer"),
+                "batch_size": c.get("batch_size"), "sample_rate": self.sample_rate,
+                "steps": self.steps, "planned_steps": self.planned_steps,
+                "stop_reason": self.stop_reason, "target_epsilon": c.get("target_epsilon"),
+                "budget_accountant": c.get("accountant"), "epsilon": self.epsilon,
+                "sigma_range": [min(self.trace.get("sigma", [0]) or [0]),
+                                max(self.trace.get("sigma", [0]) or [0])],
+                "schedule": self.schedule}
+
+
+def train_dp(clf: Classifier, train: Dataset, test: Dataset | None = None, cfg: DPConfig = DPConfig(),
+             on_eval: Callable[[dict[str, float]], None] | None = None) -> DPTrainResult:
+    """Train `clf` in place with DP-SGD (variant `cfg.variant`) for the planned number of
+    steps, stopping early when the next step would exceed `cfg.target_epsilon` or when test
+    accuracy reaches `cfg.target_accuracy`. Returns history, a per-step trace (C_t, S_t,
+    sigma_t, gradient norms) and the epsilon spent under every accountant."""
+    cfg.validate(len(train))
+    if tuple(train.input_shape) != clf.spec.shape:
+        raise InputError(f"data shape {train.input_shape} does not match the model's {clf.spec.shape}")
+    if train.num_classes > clf.num_classes:
+        raise ConfigError(f"data has {train.num_classes} classes, the model {clf.num_classes}")
+    if cfg.target_accuracy is not None and test is None:
+        raise ConfigError("target_accuracy needs a test set to measure accuracy on")
+    torch.manual_seed(cfg.seed)
+    dev = clf.device
+    x_all, y_all = train.x.to(dev), train.y.to(dev)
+    n = len(train)
+    dp = DPSGD(clf, cfg, n)
+    res = DPTrainResult(planned_steps=dp.T, delta=cfg.delta, sample_rate=dp.q, config=asdict(cfg),
+                        engine=type(dp.engine).__name__.replace("Engine", "").lower())
+    res.config["variant"] = dp.variant
+    steps_per_epoch = max(1, round(1 / dp.q))
+    eval_every = cfg.eval_every or steps_per_epoch
+    keys = ("clip", "sensitivity", "sigma", "noise_std", "max_norm", "mean_norm", "batch")
+    res.trace = {k: [] for k in keys}
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    order: torch.Tensor | None = None
+    start = time.perf_counter()
+    try:
+        with task(f"DP-SGD {dp.variant}", dp.T, cfg.progress) as bar:
+            while dp.t < dp.T:
+                if cfg.target_epsilon is not None and dp.epsilon_if_step() > cfg.target_epsilon:
+                    res.stop_reason = "budget"
+                    break
+                if cfg.poisson:
+                    xb, yb = dp.sample(x_all, y_all)
+                else:
+                    pos = (dp.t % steps_per_epoch) * cfg.batch_size
+                    if pos == 0 or order is None:
+                        order = torch.randperm(n, generator=shuffle_gen).to(dev)
+                    idx = order[pos:pos + cfg.batch_size]
+                    xb, yb = x_all[idx], y_all[idx]
+                info = dp.step(xb, yb)
+                for k in keys:
+                    res.trace[k].append(float(getattr(info, k)))
+                bar.advance(1, info=f"C {info.clip:.2f} S {info.sensitivity:.2f} sigma {info.sigma:.2f}")
+                if dp.t % eval_every == 0 or dp.t == dp.T:
+                    clf.eval()
+                    row: dict[str, float] = {"step": dp.t, "epoch": dp.t * dp.q,
+                                             "epsilon": dp.ledger.epsilon(cfg.delta, cfg.accountant)}
+                    if test is not None:
+                        row["test_accuracy"] = clf.accuracy(test.x, test.y)
+                    res.history.append(row)
+                    if on_eval:
+                        on_eval(row)
+                    if (cfg.target_accuracy is not None
+                            and row.get("test_accuracy", 0.0) >= cfg.target_accuracy):
+                        res.stop_reason = "target_accuracy"
+                        break
+    finally:
+        dp.close()
+    clf.eval()
+    res.steps = dp.t
+    res.wall_time = time.perf_counter() - start
+    res.epsilon = dp.ledger.epsilons(cfg.delta) if dp.t else {a: 0.0 for a in ACCOUNTANTS}
+    res.schedule = [[g.q, g.sigma, g.count] for g in dp.ledger.groups]
+    res.train_accuracy = clf.accuracy(train.x, train.y)
+    res.test_accuracy = clf.accuracy(test.x, test.y) if test is not None else None
+    return res
