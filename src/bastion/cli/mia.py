@@ -1,0 +1,91 @@
+"""`bastion mia`: membership-inference audit of a checkpoint.
+
+Ground truth: the checkpoint must have been trained (e.g. by `bastion train`) on the
+`--members` split of `--data` (default: train) and never on `--nonmembers` (default:
+test). Candidates are `--eval-size` of each. The attacker's data is explicit:
+`--attacker-data pool` (shadow models train on random halves of all members and
+non-members, candidates included: online LiRA's threat model) or `disjoint` (the
+candidates are excluded from the attacker's data: Shokri's threat model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bastion.cli.app import app
+from bastion.cli.common import (
+    DEVICE_OPTION,
+    JSON_OPTION,
+    ROOT_OPTION,
+    SEED_OPTION,
+    console,
+    emit,
+    table,
+)
+
+
+@app.command("mia")
+def mia_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="Target checkpoint (from `bastion train`)."),
+    data: str = typer.Option("mnist-5k", "--data", "-d", help="Data set the target was trained on."),
+    attack: str = typer.Option("lira", "--attack", "-a",
+                               help="lira | lira-offline | rmia | shokri | yeom | gap (comma-separated list ok)."),
+    shadows: int = typer.Option(64, "--shadows", help="Shadow / reference models to train (cached)."),
+    attacker_data: str = typer.Option("auto", "--attacker-data",
+                                      help="pool (contains the candidates) | disjoint | auto."),
+    cache: Path = typer.Option(None, "--cache", help="Shadow-model cache folder (resumable). "
+                               "Default: .cache/shadows/<checkpoint name>."),
+    eval_size: int = typer.Option(1000, "--eval-size", help="Members and non-members each among the candidates."),
+    members: str = typer.Option("train", "--members", help="Split the target was trained on."),
+    nonmembers: str = typer.Option("test", "--nonmembers", help="Split the target never saw."),
+    augment: str = typer.Option("none", "--augment", help="Multi-query: none | flip | shift | flip+shift."),
+    variance: str = typer.Option("auto", "--variance", help="LiRA variance: auto | per-example | global."),
+    epochs: int = typer.Option(None, "--shadow-epochs", help="Override the target's recorded epochs."),
+    method: str = typer.Option("auto", "--method", help="Shadow training: auto | loop | vmap."),
+    pool_size: int = typer.Option(None, "--pool-size", help="Cap the attacker's pool (random subset)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the JSON report (and roc.png) here."),
+    root: Path = ROOT_OPTION,
+    seed: int = SEED_OPTION,
+    device: str = DEVICE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Membership inference against a checkpoint: AUC, advantage, TPR at 0.1% / 1% FPR."""
+    from bastion.attacks.privacy.membership import MIAConfig, audit_membership
+    from bastion.attacks.privacy.membership.runner import config_dict
+    from bastion.cli.common import to_json
+    from bastion.core import ConfigError
+    from bastion.data import load
+    from bastion.models import load_classifier, read_metadata
+
+    cfg = MIAConfig(attacks=tuple(a.strip() for a in attack.split(",") if a.strip()), shadows=shadows,
+                    attacker_data=attacker_data, eval_size=eval_size, augment=augment, lira_variance=variance,
+                    shadow_epochs=epochs, method=method, pool_size=pool_size,
+                    seed=seed)
+    mode = cfg.resolve()  # all threat-model and count checks before any loading/training
+    meta = read_metadata(model)
+    if meta.get("dataset") not in (None, data):
+        raise ConfigError(f"{model} was trained on {meta.get('dataset')!r}, not {data!r}: membership ground "
+                          "truth is only known for the data set the target was trained on")
+    if members == nonmembers:
+        raise ConfigError("--members and --nonmembers must be different splits")
+    target = load_classifier(model, device=device)
+    mem, non = load(data, members, root=root), load(data, nonmembers, root=root)
+    cache = cache or Path(".cache") / "shadows" / model.stem
+    console.print(f"target {model} ({meta.get('arch')}); {len(mem)} members ({members}), {len(non)} "
+                  f"non-members ({nonmembers}); attacker data: {mode}", highlight=False)
+    rep = audit_membership(target, mem, non, cfg, cache_dir=cache,
+                           log=lambda s: console.print(s, highlight=False))
+    rows = [[a, r["auc"], r["advantage"], r["balanced_accuracy"], r["tpr@0.1%fpr"], r["tpr@1%fpr"]]
+            for a, r in rep.results.items()]
+    console.print(table("membership inference", ["attack", "AUC", "advantage", "bal. acc", "TPR@0.1%FPR",
+                                                 "TPR@1%FPR"], rows))
+    report = {"checkpoint": str(model), "data": data, "config": config_dict(cfg), **rep.to_dict()}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "mia.json").write_text(to_json(report))
+        from bastion.audit.sections import fig_to_png
+        (out / "roc.png").write_bytes(fig_to_png(rep.figure()))
+        console.print(f"[green]wrote[/] {out / 'mia.json'} and {out / 'roc.png'}", highlight=False)
+    emit(report, as_json)

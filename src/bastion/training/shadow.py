@@ -1,0 +1,447 @@
+"""Train many small shadow / reference models at once, with a resumable disk cache.
+
+Membership-inference attacks that calibrate per example (LiRA, Carlini et al. 2022; RMIA,
+Zarifzadeh et al. 2024) need tens to hundreds of models trained like the target on random
+halves of a data pool. This module trains them
+
+- one by one (`method='loop'`): a plain Adam/SGD loop per model, or
+- M at a time (`method='vmap'`): the M models' parameters are stacked (torch.func
+  `stack_module_state`) and one `vmap(functional_call)` computes all M forward/backward
+  passes, each model on its own minibatch. Adam and SGD are element-wise, so one optimizer
+  over the stacked tensors updates every model exactly as its own optimizer would.
+
+`method='auto'` times a few steps of both paths on the current device and keeps the faster
+(on 2 CPU cores the loop wins, on a CUDA GPU vmap is several times faster).
+
+Split design: models come in complementary pairs. Pair k draws a seeded random half H_k of
+the pool; model 2k trains on H_k and model 2k+1 on the rest. So for any even number of
+models every pool example is IN for exactly half of them (what online LiRA needs), and
+model i's data never depends on how many models are trained in total (resume can add
+models). Model i's initialisation and minibatch order are seeded by (seed, i) only, so the
+loop and vmap paths produce the same models up to floating-point rounding.
+
+Cache layout (`cache_dir`): `config.json` (training config + a fingerprint of the pool),
+`model-00042.safetensors` per finished model (written atomically), and
+`membership.safetensors` (the [N, M] bool membership matrix). Models already in the cache
+are loaded, never retrained; an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bastion.core import Classifier, ConfigError, InputError, InputSpec, resolve_device
+from bastion.models import build_classifier
+from bastion.progress import task
+from bastion.training.fit import OPTIMIZERS
+
+METHODS = ("auto", "loop", "vmap")
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    """How shadow models are built and trained (mirror the target's recipe).
+
+    Attributes:
+        arch: zoo architecture name.
+        arch_args: zoo architecture arguments.
+        epochs: passes over each model's half of the pool (10, as in the issue's benchmark).
+        batch_size: minibatch size per model.
+        lr: learning rate (Adam 1e-3, as `bastion train`).
+        optimizer: 'adam' or 'sgd' (momentum 0.9).
+        weight_decay: L2 penalty.
+        seed: base seed; model i uses seeds derived from (seed, i) only.
+        method: 'auto' (time both, keep the faster), 'loop' or 'vmap'.
+        group_size: models trained together by the vmap path (memory grows linearly).
+        spec: input spec of the models (shape, bounds, normalisation); None = from the data.
+    """
+
+    arch: str = "cnn-small"
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    seed: int = 0
+    method: str = "auto"
+    group_size: int = 32
+    spec: InputSpec | None = None
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"shadow epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"shadow batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"shadow lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown shadow training method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.group_size < 1:
+            raise ConfigError(f"group_size must be >= 1, got {self.group_size}")
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields that determine the trained weights (method and grouping do not)."""
+        d = asdict(self)
+        for k in ("method", "group_size"):
+            d.pop(k)
+        d["spec"] = None if self.spec is None else self.spec.to_dict()
+        return d
+
+    @classmethod
+    def like(cls, target: Classifier, **overrides: Any) -> ShadowConfig:
+        """A config that trains shadows like `target`, from its checkpoint metadata
+        (architecture, arguments, epochs, batch size, lr, optimizer)."""
+        meta = target.meta
+        if "arch" not in meta:
+            raise ConfigError("the target has no recorded architecture; pass arch= explicitly")
+        tr = meta.get("training") or {}
+        kw: dict[str, Any] = {"arch": meta["arch"], "arch_args": dict(meta.get("arch_args") or {}),
+                              "spec": target.spec}
+        for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay"):
+            if k in tr:
+                kw[k] = tr[k]
+        kw.update(overrides)
+        return cls(**kw)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _model_seed(seed: int, i: int, what: str) -> int:
+    h = hashlib.sha256(f"bastion-shadow|{seed}|{i}|{what}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 62) - 1)
+
+
+def model_indices(n: int, i: int, seed: int) -> torch.Tensor:
+    """Pool indices model `i` trains on: a seeded random half, complementary within the
+    pair (2k, 2k+1). Depends only on (n, i, seed)."""
+    g = torch.Generator().manual_seed(_model_seed(seed, i // 2, "split"))
+    perm = torch.randperm(n, generator=g)
+    h = n // 2
+    return perm[:h].sort().values if i % 2 == 0 else perm[h:2 * h].sort().values
+
+
+def membership_matrix(n: int, num_models: int, seed: int) -> torch.Tensor:
+    """Boolean [n, num_models]: entry (j, i) is True when pool example j trains model i."""
+    m = torch.zeros(n, num_models, dtype=torch.bool)
+    for i in range(num_models):
+        m[model_indices(n, i, seed), i] = True
+    return m
+
+
+def fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+    """A short content hash of a data pool (detects a cache reused on other data)."""
+    h = hashlib.sha256()
+    h.update(str(tuple(x.shape)).encode())
+    h.update(x.detach().cpu().contiguous().float().numpy().tobytes())
+    h.update(y.detach().cpu().contiguous().long().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _build(cfg: ShadowConfig, spec: InputSpec, num_classes: int, i: int, device: torch.device) -> Classifier:
+    torch.manual_seed(_model_seed(cfg.seed, i, "init"))
+    return build_classifier(cfg.arch, spec, num_classes, cfg.arch_args, device=device, name=f"shadow-{i}")
+
+
+def _make_opt(params: Any, cfg: ShadowConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+
+def _orders(n_i: int, i: int, cfg: ShadowConfig, device: torch.device) -> list[torch.Tensor]:
+    """Per-epoch shuffles of model i's own training indices (positions 0..n_i-1)."""
+    g = torch.Generator().manual_seed(_model_seed(cfg.seed, i, "order"))
+    return [torch.randperm(n_i, generator=g).to(device) for _ in range(cfg.epochs)]
+
+
+def _train_one(clf: Classifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, i: int,
+               cfg: ShadowConfig, max_steps: int | None = None) -> list[float]:
+    """Plain loop: returns the per-epoch mean training loss."""
+    opt = _make_opt(clf.parameters(), cfg)
+    xi, yi = x[idx], y[idx]
+    losses: list[float] = []
+    steps = 0
+    clf.train()
+    for order in _orders(len(idx), i, cfg, x.device):
+        tot = torch.zeros((), device=x.device)
+        for s in range(0, len(order), cfg.batch_size):
+            b = order[s:s + cfg.batch_size]
+            loss = F.cross_entropy(clf(xi[b]), yi[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += loss.detach() * b.numel()
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                clf.eval()
+                return losses
+        losses.append(float(tot) / len(order))
+    clf.eval()
+    return losses
+
+
+def _vmappable(clf: Classifier) -> bool:
+    # Buffers updated in training (BatchNorm running stats) cannot be written under vmap.
+    return not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in clf.modules())
+
+
+def _train_group(models: list[Classifier], x: torch.Tensor, y: torch.Tensor, idxs: list[torch.Tensor],
+                 ids: Sequence[int], cfg: ShadowConfig, max_steps: int | None = None) -> list[list[float]]:
+    """Train `models` together with stacked parameters + vmap. All models must train on the
+    same number of examples. Returns per-model per-epoch mean losses."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    m = len(models)
+    n_i = len(idxs[0])
+    if any(len(ix) != n_i for ix in idxs):
+        raise ConfigError("vmap shadow training needs equally sized training sets")
+    dev = x.device
+    params, buffers = stack_module_state(models)  # type: ignore[arg-type]
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    base = copy.deepcopy(models[0]).to("meta")
+    base.train()
+
+    def f(p: dict[str, torch.Tensor], bufs: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, (p, bufs), (xb,))
+
+    fwd = vmap(f, randomness="different")
+    opt = _make_opt(list(params.values()), cfg)
+    idx_mat = torch.stack(idxs).to(dev)  # [m, n_i] pool indices
+    orders = [_orders(n_i, i, cfg, dev) for i in ids]
+    losses: list[list[float]] = [[] for _ in range(m)]
+    rows = torch.arange(m, device=dev)[:, None]
+    steps = 0
+    for e in range(cfg.epochs):
+        order = torch.stack([o[e] for o in orders])  # [m, n_i]
+        tot = torch.zeros(m, device=dev)
+        for s in range(0, n_i, cfg.batch_size):
+            pos = order[:, s:s + cfg.batch_size]
+            sel = idx_mat[rows, pos]  # [m, b] pool indices
+            logits = fwd(params, buffers, x[sel])  # [m, b, C]
+            per_model = F.cross_entropy(logits.flatten(0, 1), y[sel].flatten(), reduction="none")
+            per_model = per_model.view(m, -1).mean(1)
+            opt.zero_grad(set_to_none=True)
+            per_model.sum().backward()
+            opt.step()
+            tot += per_model.detach() * pos.shape[1]
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
+        if max_steps is not None and steps >= max_steps:
+            break
+        for j, v in enumerate((tot / n_i).tolist()):
+            losses[j].append(v)
+    with torch.no_grad():
+        for j, clf in enumerate(models):
+            for name, p in clf.named_parameters():
+                p.copy_(params[name][j])
+            clf.eval()
+    return losses
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class ShadowSet:
+    """Trained shadow models plus the [N, M] membership matrix over the pool.
+
+    `models[i]` is a Classifier (on `device`); `member[j, i]` says whether pool example j
+    was in model i's training half. `timings` records seconds per trained model.
+    """
+
+    models: list[Classifier]
+    member: torch.Tensor
+    config: ShadowConfig
+    pool_size: int
+    cache_dir: Path | None = None
+    trained: int = 0
+    loaded: int = 0
+    method: str = "loop"
+    wall_time: float = 0.0
+    losses: dict[int, list[float]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+
+def _check_pool(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise InputError("shadow pool inputs must be a floating-point tensor")
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise InputError(f"shadow pool labels must have shape ({x.shape[0]},), got "
+                         f"{tuple(getattr(y, 'shape', ()))}")
+    if x.shape[0] < 4:
+        raise InputError(f"the shadow pool needs at least 4 examples, got {x.shape[0]}")
+
+
+def pick_method(cfg: ShadowConfig, spec: InputSpec, num_classes: int, x: torch.Tensor, y: torch.Tensor,
+                group: int, device: torch.device, steps: int = 6) -> tuple[str, dict[str, float]]:
+    """Time a few steps of `group` models one by one versus together; return the faster
+    method and the measured seconds per model-step of each."""
+    n = x.shape[0]
+    idx = model_indices(n, 0, cfg.seed)
+    probe = replace(cfg, epochs=1, method="loop")
+    times: dict[str, float] = {}
+    m0 = _build(cfg, spec, num_classes, 0, device)
+    if not _vmappable(m0):
+        return "loop", {}
+    _train_one(copy.deepcopy(m0), x, y, idx, 0, probe, max_steps=2)  # warm-up
+    _sync(device)
+    t = time.perf_counter()
+    _train_one(copy.deepcopy(m0), x, y, idx, 0, probe, max_steps=steps)
+    _sync(device)
+    times["loop"] = (time.perf_counter() - t) / steps
+    models = [copy.deepcopy(m0) for _ in range(group)]
+    _train_group(models, x, y, [idx] * group, list(range(group)), probe, max_steps=2)
+    _sync(device)
+    t = time.perf_counter()
+    _train_group(models, x, y, [idx] * group, list(range(group)), probe, max_steps=steps)
+    _sync(device)
+    times["vmap"] = (time.perf_counter() - t) / (steps * group)
+    return min(times, key=times.__getitem__), times
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: ShadowConfig = ShadowConfig(),
+                  cache_dir: str | Path | None = None, num_classes: int | None = None,
+                  device: str | torch.device | None = "auto", progress: bool | None = None,
+                  stop_after: int | None = None,
+                  on_model: Callable[[int, list[float]], None] | None = None) -> ShadowSet:
+    """Train (or load from `cache_dir`) `num_models` shadow models on random halves of the
+    pool (x, y).
+
+    Args:
+        x, y: the attacker's data pool (float inputs in the model's bounds, int labels).
+        num_models: number of models (even numbers keep every example IN for exactly half).
+        cfg: architecture and training recipe, see `ShadowConfig` (`ShadowConfig.like(target)`).
+        cache_dir: folder for weights + membership + config; resumable. None = no cache.
+        num_classes: classes of the models (default: max label + 1, at least 2).
+        device: where to train ('auto' = CUDA when present).
+        progress: show a progress bar (None = only on an interactive terminal).
+        stop_after: train at most this many new models, then return (simulates an
+            interruption; used by tests and for budgeted runs).
+        on_model: callback(model_index, per-epoch losses) after each newly trained model.
+    """
+    cfg.validate()
+    _check_pool(x, y)
+    if num_models < 1:
+        raise ConfigError(f"num_models must be >= 1, got {num_models}")
+    dev = resolve_device(device)
+    spec = cfg.spec or InputSpec(tuple(x.shape[1:]))
+    if tuple(x.shape[1:]) != spec.shape:
+        raise InputError(f"pool inputs have shape {tuple(x.shape[1:])}, the shadow models expect {spec.shape}")
+    k = int(num_classes if num_classes is not None else max(int(y.max()) + 1, 2))
+    if int(y.min()) < 0 or int(y.max()) >= k:
+        raise InputError(f"pool labels must lie in [0, {k - 1}]")
+    n = int(x.shape[0])
+    start = time.perf_counter()
+    cache = Path(cache_dir) if cache_dir is not None else None
+    record = {"recipe": cfg.recipe(), "pool": fingerprint(x, y), "pool_size": n, "num_classes": k,
+              "format": 1}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        cfg_path = cache / "config.json"
+        if cfg_path.exists():
+            old = json.loads(cfg_path.read_text())
+            if old != json.loads(json.dumps(record, default=str)):
+                raise ConfigError(f"shadow cache {cache} was built with another recipe or data pool; "
+                                  "use a fresh --cache folder (or delete this one)")
+        else:
+            cfg_path.write_text(json.dumps(record, indent=2, default=str))
+
+    xd, yd = x.to(dev), y.to(dev).long()
+    models: list[Classifier | None] = [None] * num_models
+    loaded = 0
+    if cache is not None:
+        from safetensors.torch import load_file
+        for i in range(num_models):
+            p = cache / f"model-{i:05d}.safetensors"
+            if p.exists():
+                clf = build_classifier(cfg.arch, spec, k, cfg.arch_args, device="cpu", name=f"shadow-{i}")
+                clf.module.load_state_dict(load_file(str(p)), strict=True)
+                models[i] = clf.to(dev).eval()
+                loaded += 1
+    todo = [i for i in range(num_models) if models[i] is None]
+    if stop_after is not None:
+        todo = todo[:max(stop_after, 0)]
+
+    method = cfg.method
+    group = min(cfg.group_size, max(len(todo), 1))
+    if todo and method == "auto":
+        method = "loop" if len(todo) < 2 else pick_method(cfg, spec, k, xd, yd, min(group, 8), dev)[0]
+    losses: dict[int, list[float]] = {}
+
+    def finish(i: int, clf: Classifier, ls: list[float]) -> None:
+        models[i] = clf
+        losses[i] = ls
+        if cache is not None:
+            _atomic_save(clf.module.state_dict(), cache / f"model-{i:05d}.safetensors",
+                         {"index": str(i), "losses": json.dumps(ls)})
+        if on_model is not None:
+            on_model(i, ls)
+
+    with task(f"shadow models ({method})", len(todo), progress) as bar:
+        if method == "vmap" and todo and not _vmappable(_build(cfg, spec, k, todo[0], torch.device("cpu"))):
+            method = "loop"
+        if method == "vmap":
+            for s in range(0, len(todo), group):
+                ids = todo[s:s + group]
+                ms = [_build(cfg, spec, k, i, dev) for i in ids]
+                idxs = [model_indices(n, i, cfg.seed).to(dev) for i in ids]
+                for i, clf, ls in zip(ids, ms, _train_group(ms, xd, yd, idxs, ids, cfg), strict=True):
+                    finish(i, clf, ls)
+                bar.advance(len(ids))
+        else:
+            for i in todo:
+                clf = _build(cfg, spec, k, i, dev)
+                finish(i, clf, _train_one(clf, xd, yd, model_indices(n, i, cfg.seed).to(dev), i, cfg))
+                bar.advance(1)
+
+    done = [m for m in models if m is not None]
+    member = membership_matrix(n, num_models, cfg.seed)
+    if len(done) < num_models:  # interrupted: keep only finished models, in order
+        keep = [i for i in range(num_models) if models[i] is not None]
+        member = member[:, keep]
+    if cache is not None:
+        _atomic_save({"member": membership_matrix(n, num_models, cfg.seed).to(torch.uint8)},
+                     cache / "membership.safetensors", {"num_models": str(num_models)})
+    return ShadowSet(models=done, member=member, config=cfg, pool_size=n, cache_dir=cache,
+                     trained=len(todo), loaded=loaded, method=method if todo else "cached",
+                     wall_time=time.perf_counter() - start, losses=losses)
