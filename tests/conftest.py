@@ -33,9 +33,11 @@ def mnist_test() -> Dataset:
 
 
 def _train_cached(arch: str, data: str = "mnist-5k", epochs: int = 3, batch_size: int = 32,
-                  seed: int = 0, n_train: int | None = None, **arch_args: Any) -> Classifier:
+                  seed: int = 0, n_train: int | None = None, normalize: bool = False,
+                  **arch_args: Any) -> Classifier:
     key = json.dumps({"arch": arch, "data": data, "epochs": epochs, "bs": batch_size, "seed": seed,
-                      "n": n_train, "args": arch_args, "v": 1}, sort_keys=True)
+                      "n": n_train, "args": arch_args, "v": 1,
+                      **({"norm": True} if normalize else {})}, sort_keys=True)
     path = CACHE / f"{arch}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.st"
     if path.exists():
         return load_classifier(path, device="cpu")
@@ -43,7 +45,8 @@ def _train_cached(arch: str, data: str = "mnist-5k", epochs: int = 3, batch_size
     if n_train is not None:
         train = train.take(n_train)
     torch.manual_seed(seed)
-    clf = build_classifier(arch, InputSpec(train.input_shape), train.num_classes, arch_args, device="cpu")
+    spec = train.input_spec() if normalize else InputSpec(train.input_shape)
+    clf = build_classifier(arch, spec, train.num_classes, arch_args, device="cpu")
     res = fit(clf, train, test, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, progress=False))
     save_classifier(path, clf, dataset=data, test_accuracy=res.test_accuracy, seed=seed)
     return load_classifier(path, device="cpu")

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from bastion.core import (  # noqa: E402
+from bastion.core import (
     AttackResult,
     BastionError,
     Classifier,

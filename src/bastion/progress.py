@@ -20,13 +20,19 @@ def enabled(flag: bool | None = None) -> bool:
 
 
 @contextmanager
-def task(description: str, total: float | None, show: bool | None = None) -> Iterator["_Task"]:
+def task(description: str, total: float | None, show: bool | None = None) -> Iterator[_Task]:
     """`with task("training", total=n) as t: ... t.advance(1, info="loss 0.1")`."""
     if not enabled(show):
         yield _Task(None, None)
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),

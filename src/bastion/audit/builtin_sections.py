@@ -1,3 +1,6 @@
 """Imports the modules that register audit section kinds."""
 
-import bastion.audit.evasion_section  # noqa: F401
+import bastion.audit.dp_section
+import bastion.audit.evasion_section
+import bastion.audit.leakage_section
+import bastion.audit.membership_section  # noqa: F401

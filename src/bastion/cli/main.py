@@ -18,6 +18,9 @@ COMMAND_MODULES = (
     "bastion.cli.train",
     "bastion.cli.audit",
     "bastion.cli.attack",
+    "bastion.cli.leak",
+    "bastion.cli.mia",
+    "bastion.cli.privacy",
 )
 
 for _mod in COMMAND_MODULES:

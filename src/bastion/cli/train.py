@@ -7,7 +7,15 @@ from pathlib import Path
 import typer
 
 from bastion.cli.app import app
-from bastion.cli.common import DEVICE_OPTION, JSON_OPTION, ROOT_OPTION, SEED_OPTION, console, emit, parse_kv
+from bastion.cli.common import (
+    DEVICE_OPTION,
+    JSON_OPTION,
+    ROOT_OPTION,
+    SEED_OPTION,
+    console,
+    emit,
+    parse_kv,
+)
 
 
 @app.command("train")
@@ -25,9 +33,29 @@ def train_cmd(
     seed: int = SEED_OPTION,
     device: str = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
+    dp: bool = typer.Option(False, "--dp", help="Train with DP-SGD (see docs/dp.md)."),
+    sigma: float = typer.Option(6.0, "--sigma", help="DP: noise multiplier (start value if dynamic)."),
+    clip: float = typer.Option(4.0, "--clip", help="DP: clipping bound C (start value if decaying)."),
+    delta: float = typer.Option(1e-5, "--delta", help="DP: target delta."),
+    dynamic: str = typer.Option("baseline", "--dynamic",
+                                help="DP variant: baseline | l2-max | cdecay | dyn-s | dyn-sigma | "
+                                     "dyn-s-sigma | quantile | adaclip."),
+    decay: str = typer.Option("linear", "--decay", help="DP: decay policy linear | exp | cyclic."),
+    target_eps: float = typer.Option(None, "--target-eps", help="DP: stop before spending more."),
+    target_acc: float = typer.Option(None, "--target-acc", help="DP: stop at this test accuracy."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="DP: clip each layer to C/sqrt(M)."),
+    dp_steps: int = typer.Option(None, "--steps", help="DP: number of steps (default from --epochs)."),
+    accountant: str = typer.Option("rdp", "--accountant", help="DP: accountant enforcing --target-eps."),
+    fix_batchnorm: bool = typer.Option(False, "--fix-batchnorm", help="DP: replace BatchNorm by GroupNorm."),
 ) -> None:
     """Train a model and write a safetensors checkpoint with its metadata."""
     from bastion.training.pipeline import train_and_save
+
+    if dp:
+        _train_dp(model, data, out, epochs, batch_size, lr, optimizer, arg, root, seed, device, as_json,
+                  sigma, clip, delta, dynamic, decay, target_eps, target_acc, per_layer, dp_steps,
+                  accountant, fix_batchnorm)
+        return
 
     report = train_and_save(model, data, out, epochs=epochs, batch_size=batch_size, lr=lr,
                             optimizer=optimizer, patience=patience, arch_args=parse_kv(arg),
@@ -35,5 +63,35 @@ def train_cmd(
                             on_epoch=lambda r: console.print(
                                 f"epoch {r['epoch']}: loss {r['loss']:.4f}  train {r['train_accuracy']:.4f}"
                                 f"  test {r.get('test_accuracy', float('nan')):.4f}", highlight=False))
+    console.print(f"[green]saved[/] {out}  test accuracy {report['test_accuracy']:.4f}", highlight=False)
+    emit(report, as_json)
+
+
+def _train_dp(model: str, data: str, out: Path, epochs: int, batch_size: int, lr: float, optimizer: str,
+              arg: list[str] | None, root: Path | None, seed: int, device: str, as_json: bool,
+              sigma: float, clip: float, delta: float, dynamic: str, decay: str,
+              target_eps: float | None, target_acc: float | None, per_layer: bool,
+              steps: int | None, accountant: str, fix_batchnorm: bool) -> None:
+    from bastion.cli.common import table
+    from bastion.privacy.accountants import LABELS
+    from bastion.training.dp import DPConfig
+    from bastion.training.pipeline import train_dp_and_save
+
+    # DP-SGD needs larger batches and SGD; the plain-training defaults (32, Adam 1e-3) are
+    # replaced unless the user changed them.
+    cfg = DPConfig(sigma=sigma, clip=clip, delta=delta, variant=dynamic, decay=decay,
+                   target_epsilon=target_eps, target_accuracy=target_acc, per_layer=per_layer,
+                   batch_size=256 if batch_size == 32 else batch_size, epochs=epochs, steps=steps,
+                   lr=0.05 if (lr == 1e-3 and optimizer == "adam") else lr,
+                   optimizer="sgd" if optimizer == "adam" and lr == 1e-3 else optimizer,
+                   accountant=accountant, fix_batchnorm=fix_batchnorm, seed=seed)
+    report = train_dp_and_save(model, data, out, dp=cfg, arch_args=parse_kv(arg), root=root, device=device,
+                               on_eval=lambda r: console.print(
+                                   f"step {r['step']}: epsilon ({accountant}) {r['epsilon']:.3f}  test "
+                                   f"{r.get('test_accuracy', float('nan')):.4f}", highlight=False))
+    eps = report["privacy"]["epsilon"]
+    console.print(table(f"privacy spent: {report['steps']} steps, q={report['privacy']['sample_rate']:.4g}, "
+                        f"delta={delta:g} ({report['stop_reason']})", ["accountant", "name", "epsilon"],
+                        [[k, LABELS[k], f"{v:.4f}"] for k, v in eps.items()]))
     console.print(f"[green]saved[/] {out}  test accuracy {report['test_accuracy']:.4f}", highlight=False)
     emit(report, as_json)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bastion.core import DataError
+from bastion.core import DataError, InputSpec
 
 
 @dataclass
@@ -52,6 +52,23 @@ class Dataset:
 
     def take(self, n: int | None) -> Dataset:
         return self if n is None or n >= len(self) else self.subset(torch.arange(n))
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std (for image data [N, C, H, W]; one value for flat data),
+        used as the normalisation inside a Classifier."""
+        x = self.x.float()
+        dims = [0, *range(2, x.dim())] if x.dim() > 2 else list(range(x.dim()))
+        mean = x.mean(dim=dims).flatten().tolist()
+        std = x.std(dim=dims).clamp_min(1e-6).flatten().tolist()
+        return tuple(mean), tuple(std)
+
+    def input_spec(self, normalize: bool = True) -> InputSpec:
+        """An InputSpec for models trained on this data: bounds [0, 1] and, by default,
+        per-channel normalisation from this data's statistics (applied inside the model)."""
+        if not normalize or self.x.dim() <= 2:
+            return InputSpec(self.input_shape)
+        mean, std = self.channel_stats()
+        return InputSpec(self.input_shape, mean=mean, std=std)
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.y, minlength=self.num_classes).tolist()

@@ -97,9 +97,9 @@ def load_idx_pair(root: str | Path, split: str, name: str, class_names: list[str
 class _SafeUnpickler(pickle.Unpickler):
     """Admits only what CIFAR batches contain: builtins containers and numpy arrays."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ALLOWED: frozenset[tuple[str, str]] = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")})
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
@@ -199,7 +199,7 @@ def load_image_folder(root: str | Path, split: str = "train", size: int | None =
     if mode not in ("L", "RGB"):
         raise ConfigError(f"image mode must be 'L' or 'RGB', got {mode!r}")
     arrays = []
-    for (p, _), im in zip(files, images):
+    for im in images:
         im = im.convert(mode)
         if size is not None:
             im = im.resize((size, size), Image.BILINEAR)

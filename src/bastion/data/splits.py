@@ -13,7 +13,7 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
         rng.shuffle(idx)
-        k = int(round(len(idx) * test_fraction))
+        k = round(len(idx) * test_fraction)
         test.append(idx[:k])
         train.append(idx[k:])
     tr, te = np.concatenate(train), np.concatenate(test)

@@ -30,7 +30,7 @@ def train_and_save(arch: str, data: str, out: str | Path, *, epochs: int = 5, ba
     train, test = load(data, "train", root=root), load(data, "test", root=root)
     import torch
     torch.manual_seed(seed)
-    clf = build_classifier(arch, InputSpec(train.input_shape), train.num_classes, arch_args, device=dev)
+    clf = build_classifier(arch, train.input_spec(), train.num_classes, arch_args, device=dev)
     res = fit(clf, train, test, cfg, on_epoch=on_epoch)
     save_classifier(out, clf, dataset=data, test_accuracy=res.test_accuracy,
                     train_accuracy=res.train_accuracy, seed=seed, training=res.config,
@@ -38,3 +38,33 @@ def train_and_save(arch: str, data: str, out: str | Path, *, epochs: int = 5, ba
     return {"checkpoint": str(out), "model": arch, "data": data, "test_accuracy": res.test_accuracy,
             "train_accuracy": res.train_accuracy, "epochs_run": len(res.history), "history": res.history,
             "wall_time_s": res.wall_time, "seed": seed, "device": str(dev)}
+
+
+def train_dp_and_save(arch: str, data: str, out: str | Path, *, dp: Any, arch_args: dict[str, Any] | None = None,
+                      root: str | Path | None = None, device: str = "auto",
+                      on_eval: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train zoo model `arch` on `data` with DP-SGD (`dp`: a `DPConfig`) and save it with a
+    `privacy` metadata record (parameters and the epsilon spent under every accountant)."""
+    from bastion.core import ConfigError
+    from bastion.training.dp import check_dp_model, train_dp
+
+    dp.validate()
+    out = Path(out)
+    if out.suffix not in (".st", ".safetensors"):
+        raise ConfigError(f"checkpoint path must end in .st or .safetensors, got {out}")
+    dev = resolve_device(device)
+    train, test = load(data, "train", root=root), load(data, "test", root=root)
+    dp.validate(len(train))
+    import torch
+    torch.manual_seed(dp.seed)
+    clf = build_classifier(arch, InputSpec(train.input_shape), train.num_classes, arch_args, device=dev)
+    check_dp_model(clf, fix=dp.fix_batchnorm)
+    res = train_dp(clf, train, test, dp, on_eval=on_eval)
+    privacy = res.privacy_record()
+    save_classifier(out, clf, dataset=data, test_accuracy=res.test_accuracy,
+                    train_accuracy=res.train_accuracy, seed=dp.seed, training=res.config,
+                    history=res.history, class_names=train.class_names, privacy=privacy)
+    return {"checkpoint": str(out), "model": arch, "data": data, "test_accuracy": res.test_accuracy,
+            "train_accuracy": res.train_accuracy, "steps": res.steps, "stop_reason": res.stop_reason,
+            "history": res.history, "wall_time_s": res.wall_time, "seed": dp.seed, "device": str(dev),
+            "engine": res.engine, "privacy": privacy}
