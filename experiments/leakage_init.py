@@ -71,8 +71,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=20, help="examples for lenet-sigmoid")
     ap.add_argument("--n-cnn", type=int, default=10, help="examples for cnn-small")
+    ap.add_argument("--cnn-only", action="store_true",
+                    help="only cnn-small, patterned vs random, one evaluation per iteration; "
+                         "writes docs/results/leakage_init_cnn.json")
     args = ap.parse_args()
     train = load("mnist-5k", "train")
+    if args.cnn_only:
+        rows = sweep("cnn-small", args.n_cnn, ("patterned", "random"), 1, 100, train)
+        out_cnn = {"caps": [c for c in CAPS if c <= 100], "success": "nmse < 0.7",
+                   "runs": [{"model": "cnn-small", "lbfgs_inner": 1, "max_iter": 100,
+                             "inits": rows}]}
+        print(save("leakage_init_cnn", out_cnn))
+        return
     runs = [
         ("lenet-sigmoid", args.n, ("patterned", "random", "uniform", "dark", "light"), 20, 300),
         ("lenet-sigmoid", args.n, ("patterned", "random", "uniform", "dark", "light"), 1, 300),
