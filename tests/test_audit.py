@@ -86,6 +86,9 @@ def test_audit_resumes_and_skips_finished_steps(ckpt: Path, tmp_path: Path, monk
                                                      "params": {"stepz": 3}}]}]}, "unknown parameter"),
     ({"data": {"n": 0}, "sections": [{"kind": "evasion", "attacks": []}]}, "data.n"),
     ({"bogus": 1, "sections": [{"kind": "evasion", "attacks": []}]}, "bogus"),
+    ({"sections": [{"kind": "evasion", "attacks": [{"attack": "fgsm", "eps": 0.1}]},
+                   {"kind": "membership", "attacks": ["telepathy"]}]}, "valid membership attacks"),
+    ({"sections": [{"kind": "membership", "attacks": ["lira"], "shadows": 1}]}, "at least 2"),
 ])
 def test_bad_configs_fail_before_any_work(ckpt: Path, tmp_path: Path, bad: dict, msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
@@ -96,3 +99,18 @@ def test_bad_configs_fail_before_any_work(ckpt: Path, tmp_path: Path, bad: dict,
 def test_audit_rejects_mismatched_data(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="shape"):
         run_audit(ckpt, parse_config(CFG), tmp_path / "r", data="digits")
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")))
+def test_shipped_audit_configs_validate(path: Path) -> None:
+    """Every audit config we ship parses and passes its sections' validators."""
+    import yaml
+
+    from bastion.audit.config import load_config
+    from bastion.audit.sections import validate_section
+
+    if "sections" not in yaml.safe_load(path.read_text()):
+        pytest.skip(f"{path.name} is not an audit config")
+    cfg = load_config(path)
+    for sec in cfg.section_dicts():
+        validate_section(sec["kind"], sec)

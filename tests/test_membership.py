@@ -83,6 +83,41 @@ def test_non_members_only_give_chance(world):
         assert np.abs(tpr - fpr).max() < 0.12, name  # TPR tracks FPR along the whole curve
 
 
+def test_non_members_only_give_chance_online_and_shokri(world):
+    """Online LiRA (IN and OUT shadows exist for every pool example) and Shokri, scored on
+    the target's OUT half only with a random 'member' label: TPR tracks FPR."""
+    pool, unseen = world
+    target, shadows = pool.models([0]), pool.without(0)
+    out = torch.nonzero(~target.member[:, 0]).flatten()
+    fake = torch.zeros(len(out), dtype=torch.bool)
+    fake[torch.randperm(len(out), generator=torch.Generator().manual_seed(1))[:len(out) // 2]] = True
+    online = lira_online(target, shadows)[out]
+    sk = shokri(unseen.models([0]), pool.without(0), ShokriConfig(features="logprob", max_rows_per_class=300))
+    fake_u = torch.zeros(unseen.n, dtype=torch.bool)
+    fake_u[torch.randperm(unseen.n, generator=torch.Generator().manual_seed(2))[:unseen.n // 2]] = True
+    for name, s, lab in (("lira", online, fake), ("shokri", sk, fake_u)):
+        r = mm.summary(s, lab)
+        assert abs(r["auc"] - 0.5) < 0.1, (name, r)
+        fpr, tpr, _ = mm.roc_curve(s, lab)
+        assert np.abs(tpr - fpr).max() < 0.16, name
+
+
+def test_disjoint_threat_model_refuses_overlapping_data(trained_model, mnist_train, mnist_test):
+    from bastion.attacks.privacy.membership import audit_membership
+    from bastion.data.dataset import Dataset
+
+    clf = trained_model("mlp", epochs=1, hidden=[32])
+    mem = Dataset(mnist_train.x[:60], mnist_train.y[:60], 10)
+    # the "non-members" repeat members: in disjoint mode the attacker's pool would hold candidates
+    non = Dataset(torch.cat([mnist_train.x[:30], mnist_test.x[:30]]),
+                  torch.cat([mnist_train.y[:30], mnist_test.y[:30]]), 10)
+    with pytest.raises(ConfigError, match="forbids overlap"):
+        audit_membership(clf, mem, non, MIAConfig(attacks=("shokri",), shadows=2, eval_size=20))
+    with pytest.raises(ConfigError, match="shape"):
+        audit_membership(clf, Dataset(mnist_train.x[:60, :, :20], mnist_train.y[:60], 10), non,
+                         MIAConfig(attacks=("gap",), eval_size=20))
+
+
 def test_leave_one_out_over_several_targets(world):
     pool, _ = world
     aucs = [mm.auc(lira_online(pool.models([i]), pool.without(i)), pool.member[:, i]) for i in range(4)]

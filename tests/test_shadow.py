@@ -71,12 +71,62 @@ def test_vmap_matches_loop(pool):
     assert not torch.allclose(next(loop.models[0].parameters()), next(loop.models[1].parameters()))
 
 
+def test_process_path_matches_loop_and_resumes(pool, tmp_path):
+    """Worker processes (one thread each) give the loop's models, and write the cache
+    model by model so a later run resumes; the process path needs a CPU device."""
+    x, y = pool
+    loop = train_shadows(x, y, 3, TINY, device="cpu")
+    proc_cfg = ShadowConfig(**{**TINY.__dict__, "method": "process", "workers": 2})
+    first = train_shadows(x, y, 1, proc_cfg, cache_dir=tmp_path, device="cpu")  # model 0
+    seen: list[int] = []
+    proc = train_shadows(x, y, 3, proc_cfg, cache_dir=tmp_path, device="cpu",
+                         on_model=lambda i, ls: seen.append(i))
+    assert first.method == "process" and proc.method == "process"
+    assert proc.loaded == 1 and proc.trained == 2 and sorted(seen) == [1, 2]
+    assert sorted(p.name for p in tmp_path.glob("model-*.safetensors")) == [
+        f"model-{i:05d}.safetensors" for i in range(3)]
+    for i in range(3):
+        assert proc.losses.get(i, loop.losses[i]) == pytest.approx(loop.losses[i], rel=1e-4)
+        for pa, pb in zip(loop.models[i].parameters(), proc.models[i].parameters(), strict=True):
+            assert torch.allclose(pa, pb, atol=1e-5)
+    if torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CPU"):
+            train_shadows(x, y, 2, proc_cfg, device="cuda")
+
+
+def test_channels_last_training_matches_default_layout(pool):
+    """The CPU conv fast path (channels-last + fused optimizer) trains the same model."""
+    from bastion.core import InputSpec
+    from bastion.training.shadow import _build, _model_seed, _train_one
+
+    x, y = pool
+    cfg = ShadowConfig(arch="cnn-small", epochs=1, batch_size=50, method="loop")
+    idx = model_indices(200, 0, 0)
+    fast = _build(cfg, InputSpec((1, 28, 28)), 10, 0, torch.device("cpu"))
+    ref = _build(cfg, InputSpec((1, 28, 28)), 10, 0, torch.device("cpu"))
+    _train_one(fast, x, y, idx, 0, cfg)
+    assert fast.module.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(ref.parameters(), lr=cfg.lr, foreach=False)
+    g = torch.Generator().manual_seed(_model_seed(0, 0, "order"))
+    order = torch.randperm(len(idx), generator=g)
+    ref.train()
+    for s in range(0, len(order), cfg.batch_size):
+        b = idx[order[s:s + cfg.batch_size]]
+        loss = torch.nn.functional.cross_entropy(ref(x[b]), y[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for pa, pb in zip(fast.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-5)
+
+
 def test_auto_picks_a_measured_method(pool):
     from bastion.core import InputSpec
     x, y = pool
-    method, times = pick_method(TINY, InputSpec((1, 28, 28)), 10, x, y, 4, torch.device("cpu"), steps=2)
-    assert method in ("loop", "vmap") and set(times) == {"loop", "vmap"}
-    assert times[method] == min(times.values())
+    method, times = pick_method(TINY, InputSpec((1, 28, 28)), 10, x, y, 4, torch.device("cpu"), steps=2,
+                                num_models=8)
+    assert {"loop", "vmap"} <= set(times) <= {"loop", "vmap", "process"}
+    assert method in times and times[method] == min(times.values())
 
 
 def test_bad_inputs(pool):

@@ -8,7 +8,7 @@
       augment: none               # none | flip | shift | flip+shift
       variance: auto              # LiRA: auto | per-example | global
       shadow_epochs: null         # default: the target's recorded epochs
-      method: auto                # shadow training path: auto | loop | vmap
+      method: auto                # shadow training path: auto | loop | vmap | process
       pool_size: null             # cap on the attacker's pool (random subset)
 
 Members are the audit's train split (the model must have been trained on it) and
@@ -49,10 +49,8 @@ class MembershipSpec(BaseModel):
     pool_size: int | None = Field(None, ge=4)
 
 
-@register_section("membership")
-def run_membership_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
-    from bastion.attacks.privacy.membership import MIAConfig, audit_membership
-    from bastion.metrics import membership as mm
+def _mia_config(cfg: dict[str, Any], seed: int = 0) -> tuple[MembershipSpec, Any]:
+    from bastion.attacks.privacy.membership import MIAConfig
 
     try:
         spec = MembershipSpec(**cfg)
@@ -61,7 +59,21 @@ def run_membership_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOut
     mia = MIAConfig(attacks=tuple(spec.attacks), shadows=spec.shadows, attacker_data=spec.attacker_data,
                     eval_size=spec.eval_size, augment=spec.augment, lira_variance=spec.variance,
                     shadow_epochs=spec.shadow_epochs, method=spec.method, pool_size=spec.pool_size,
-                    seed=ctx.seed)
+                    seed=seed)
+    return spec, mia
+
+
+def validate_membership(cfg: dict[str, Any]) -> None:
+    """Check names and shadow counts before any section of the audit runs."""
+    _mia_config(cfg)[1].resolve()
+
+
+@register_section("membership", validate=validate_membership)
+def run_membership_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
+    from bastion.attacks.privacy.membership import audit_membership
+    from bastion.metrics import membership as mm
+
+    spec, mia = _mia_config(cfg, ctx.seed)
     mode = mia.resolve()
     key = (f"membership/{','.join(spec.attacks)}/{spec.shadows}/{mode}/{spec.eval_size}/{spec.augment}/"
            f"{spec.variance}/{spec.shadow_epochs}/{spec.pool_size}/seed={ctx.seed}")

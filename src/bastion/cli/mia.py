@@ -43,7 +43,7 @@ def mia_cmd(
     augment: str = typer.Option("none", "--augment", help="Multi-query: none | flip | shift | flip+shift."),
     variance: str = typer.Option("auto", "--variance", help="LiRA variance: auto | per-example | global."),
     epochs: int = typer.Option(None, "--shadow-epochs", help="Override the target's recorded epochs."),
-    method: str = typer.Option("auto", "--method", help="Shadow training: auto | loop | vmap."),
+    method: str = typer.Option("auto", "--method", help="Shadow training: auto | loop | vmap | process."),
     pool_size: int = typer.Option(None, "--pool-size", help="Cap the attacker's pool (random subset)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the JSON report (and roc.png) here."),
     root: Path = ROOT_OPTION,

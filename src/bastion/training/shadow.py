@@ -9,9 +9,16 @@ halves of a data pool. This module trains them
   `stack_module_state`) and one `vmap(functional_call)` computes all M forward/backward
   passes, each model on its own minibatch. Adam and SGD are element-wise, so one optimizer
   over the stacked tensors updates every model exactly as its own optimizer would.
+- in parallel worker processes (`method='process'`, CPU only): W processes with
+  `cores // W` intra-op threads each train whole models from a shared work queue. Small
+  conv nets scale badly over intra-op threads, so on a few CPU cores one model per core
+  is faster than one model on all cores.
 
-`method='auto'` times a few steps of both paths on the current device and keeps the faster
-(on 2 CPU cores the loop wins, on a CUDA GPU vmap is several times faster).
+On CPU, conv nets train in channels-last memory format (faster oneDNN convolution and
+max-pooling kernels) and Adam/SGD use the fused single-kernel update where available.
+`method='auto'` times a few steps of each path on the current device and keeps the one
+with the lowest predicted total time (vmap wins on a CUDA GPU, worker processes on a
+multi-core CPU once there are enough models to amortise their start-up).
 
 Split design: models come in complementary pairs. Pair k draws a seeded random half H_k of
 the pool; model 2k trains on H_k and model 2k+1 on the rest. So for any even number of
@@ -28,10 +35,12 @@ are loaded, never retrained; an interrupted run continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
+import queue
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +56,9 @@ from bastion.models import build_classifier
 from bastion.progress import task
 from bastion.training.fit import OPTIMIZERS
 
-METHODS = ("auto", "loop", "vmap")
+METHODS = ("auto", "loop", "vmap", "process")
+# seconds to start one worker process (import torch + bastion), used by the auto pick
+PROCESS_STARTUP_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +74,9 @@ class ShadowConfig:
         optimizer: 'adam' or 'sgd' (momentum 0.9).
         weight_decay: L2 penalty.
         seed: base seed; model i uses seeds derived from (seed, i) only.
-        method: 'auto' (time both, keep the faster), 'loop' or 'vmap'.
+        method: 'auto' (time the paths, keep the fastest), 'loop', 'vmap' or 'process'.
         group_size: models trained together by the vmap path (memory grows linearly).
+        workers: worker processes of the 'process' path; None = one per available core.
         spec: input spec of the models (shape, bounds, normalisation); None = from the data.
     """
 
@@ -78,6 +90,7 @@ class ShadowConfig:
     seed: int = 0
     method: str = "auto"
     group_size: int = 32
+    workers: int | None = None
     spec: InputSpec | None = None
 
     def validate(self) -> None:
@@ -93,11 +106,13 @@ class ShadowConfig:
             raise ConfigError(f"unknown shadow training method {self.method!r}; valid: {', '.join(METHODS)}")
         if self.group_size < 1:
             raise ConfigError(f"group_size must be >= 1, got {self.group_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
 
     def recipe(self) -> dict[str, Any]:
         """The fields that determine the trained weights (method and grouping do not)."""
         d = asdict(self)
-        for k in ("method", "group_size"):
+        for k in ("method", "group_size", "workers"):
             d.pop(k)
         d["spec"] = None if self.spec is None else self.spec.to_dict()
         return d
@@ -162,9 +177,33 @@ def _build(cfg: ShadowConfig, spec: InputSpec, num_classes: int, i: int, device:
 
 
 def _make_opt(params: Any, cfg: ShadowConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    """Adam / SGD with the fused single-kernel update when this torch build has it for the
+    parameters' device (same arithmetic as the per-tensor update, far less overhead)."""
+    params = list(params)
+    kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    cls: type[torch.optim.Optimizer] = torch.optim.Adam
+    if cfg.optimizer != "adam":
+        cls, kw["momentum"] = torch.optim.SGD, 0.9
+    try:
+        return cls(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):  # fused kernel unavailable here
+        return cls(params, **kw)
+
+
+def _channels_last(clf: Classifier, x: torch.Tensor) -> bool:
+    """Whether to train in channels-last format: on CPU, for image inputs into 2-D
+    convolutions (oneDNN's channels-last convolution and pooling kernels are markedly
+    faster there; on CUDA fp32 the default layout is kept)."""
+    return (x.device.type == "cpu" and x.dim() == 4
+            and any(isinstance(m, torch.nn.Conv2d) for m in clf.modules()))
+
+
+def _prepare(clf: Classifier, x: torch.Tensor) -> torch.Tensor:
+    """Put `clf` and the training inputs in the fastest layout; returns the inputs."""
+    if _channels_last(clf, x):
+        clf.module.to(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _orders(n_i: int, i: int, cfg: ShadowConfig, device: torch.device) -> list[torch.Tensor]:
@@ -176,8 +215,8 @@ def _orders(n_i: int, i: int, cfg: ShadowConfig, device: torch.device) -> list[t
 def _train_one(clf: Classifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, i: int,
                cfg: ShadowConfig, max_steps: int | None = None) -> list[float]:
     """Plain loop: returns the per-epoch mean training loss."""
+    xi, yi = _prepare(clf, x[idx]), y[idx]
     opt = _make_opt(clf.parameters(), cfg)
-    xi, yi = x[idx], y[idx]
     losses: list[float] = []
     steps = 0
     clf.train()
@@ -258,6 +297,83 @@ def _train_group(models: list[Classifier], x: torch.Tensor, y: torch.Tensor, idx
     return losses
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def _process_worker(x: torch.Tensor, y: torch.Tensor, cfg: ShadowConfig, spec: InputSpec, num_classes: int,
+                    threads: int, tasks: Any, results: Any) -> None:
+    """Worker of the 'process' path: train whole models (indices from `tasks`, None =
+    stop) with `threads` intra-op threads; send back (i, state_dict, losses) or an error."""
+    torch.set_num_threads(threads)
+    n = int(x.shape[0])
+    dev = torch.device("cpu")
+    while True:
+        i = tasks.get()
+        if i is None:
+            return
+        try:
+            clf = _build(cfg, spec, num_classes, i, dev)
+            ls = _train_one(clf, x, y, model_indices(n, i, cfg.seed), i, cfg)
+            # numpy arrays travel by value (torch's shared-memory handles die with the worker)
+            sd = {k: v.detach().contiguous().numpy() for k, v in clf.module.state_dict().items()}
+            results.put((i, sd, ls))
+        except BaseException as e:  # report, never hang the parent
+            results.put((i, None, f"{type(e).__name__}: {e}"))
+            return
+
+
+def _train_processes(todo: Sequence[int], x: torch.Tensor, y: torch.Tensor, cfg: ShadowConfig,
+                     spec: InputSpec, num_classes: int, workers: int,
+                     finish: Callable[[int, Classifier, list[float]], None]) -> None:
+    """Train models `todo` in `workers` spawned processes (CPU). `finish` runs in this
+    process as each model arrives (cache write, callbacks), so a killed run keeps every
+    model that was finished before it died."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # fork after the parent's OpenMP start-up can deadlock
+    threads = max(available_cores() // workers, 1)
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for i in todo:
+        tasks.put(i)
+    for _ in range(workers):
+        tasks.put(None)
+    xs, ys = x.detach().cpu().contiguous().share_memory_(), y.detach().cpu().contiguous().share_memory_()
+    procs = [ctx.Process(target=_process_worker, args=(xs, ys, cfg, spec, num_classes, threads, tasks, results),
+                         daemon=True) for _ in range(workers)]
+    for pr in procs:
+        pr.start()
+    try:
+        left = len(todo)
+        while left:
+            try:
+                i, sd, ls = results.get(timeout=5.0)
+            except queue.Empty:
+                if not any(pr.is_alive() for pr in procs):
+                    raise RuntimeError("all shadow-training worker processes died (out of memory?); "
+                                       "finished models are kept in the cache") from None
+                continue
+            if sd is None:
+                raise RuntimeError(f"shadow model {i} failed in a worker process: {ls}")
+            clf = build_classifier(cfg.arch, spec, num_classes, cfg.arch_args, device="cpu", name=f"shadow-{i}")
+            clf.module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+            finish(i, clf.eval(), ls)
+            left -= 1
+    finally:
+        for pr in procs:
+            if pr.is_alive():
+                pr.terminate()
+        for pr in procs:
+            pr.join(timeout=10)
+        for q in (tasks, results):
+            q.cancel_join_thread()
+            q.close()
+
+
 # --------------------------------------------------------------------------- cache
 
 
@@ -307,30 +423,65 @@ def _check_pool(x: torch.Tensor, y: torch.Tensor) -> None:
         raise InputError(f"the shadow pool needs at least 4 examples, got {x.shape[0]}")
 
 
+@contextlib.contextmanager
+def _num_threads(k: int) -> Any:
+    old = torch.get_num_threads()
+    torch.set_num_threads(k)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def steps_per_model(cfg: ShadowConfig, pool_size: int) -> int:
+    """Optimizer steps one model takes on its half of a pool of `pool_size` examples."""
+    return cfg.epochs * -(-(pool_size // 2) // cfg.batch_size)
+
+
 def pick_method(cfg: ShadowConfig, spec: InputSpec, num_classes: int, x: torch.Tensor, y: torch.Tensor,
-                group: int, device: torch.device, steps: int = 6) -> tuple[str, dict[str, float]]:
-    """Time a few steps of `group` models one by one versus together; return the faster
-    method and the measured seconds per model-step of each."""
+                group: int, device: torch.device, steps: int = 6,
+                num_models: int | None = None) -> tuple[str, dict[str, float]]:
+    """Time a few training steps of each path on `device` and return the one with the
+    lowest predicted time for `num_models` models (default `group`), with the predicted
+    seconds per model-step of every path measured:
+
+    - 'loop': one model with all of this process's threads;
+    - 'vmap': `group` models stacked (skipped for BatchNorm models);
+    - 'process' (CPU with >= 2 cores and >= 2 models): one model with
+      `cores // workers` threads, divided by the number of workers that run at once,
+      plus the workers' start-up (`PROCESS_STARTUP_S`) spread over the models.
+    """
     n = x.shape[0]
     idx = model_indices(n, 0, cfg.seed)
     probe = replace(cfg, epochs=1, method="loop")
+    m_total = num_models if num_models is not None else group
     times: dict[str, float] = {}
     m0 = _build(cfg, spec, num_classes, 0, device)
-    if not _vmappable(m0):
-        return "loop", {}
-    _train_one(copy.deepcopy(m0), x, y, idx, 0, probe, max_steps=2)  # warm-up
-    _sync(device)
-    t = time.perf_counter()
-    _train_one(copy.deepcopy(m0), x, y, idx, 0, probe, max_steps=steps)
-    _sync(device)
-    times["loop"] = (time.perf_counter() - t) / steps
-    models = [copy.deepcopy(m0) for _ in range(group)]
-    _train_group(models, x, y, [idx] * group, list(range(group)), probe, max_steps=2)
-    _sync(device)
-    t = time.perf_counter()
-    _train_group(models, x, y, [idx] * group, list(range(group)), probe, max_steps=steps)
-    _sync(device)
-    times["vmap"] = (time.perf_counter() - t) / (steps * group)
+
+    def time_loop() -> float:
+        _train_one(copy.deepcopy(m0), x, y, idx, 0, probe, max_steps=2)  # warm-up
+        _sync(device)
+        t = time.perf_counter()
+        _train_one(copy.deepcopy(m0), x, y, idx, 0, probe, max_steps=steps)
+        _sync(device)
+        return (time.perf_counter() - t) / steps
+
+    times["loop"] = time_loop()
+    if _vmappable(m0) and group >= 2:
+        models = [copy.deepcopy(m0) for _ in range(group)]
+        _train_group(models, x, y, [idx] * group, list(range(group)), probe, max_steps=2)
+        _sync(device)
+        t = time.perf_counter()
+        _train_group(models, x, y, [idx] * group, list(range(group)), probe, max_steps=steps)
+        _sync(device)
+        times["vmap"] = (time.perf_counter() - t) / (steps * group)
+    workers = min(cfg.workers or available_cores(), m_total)
+    if device.type == "cpu" and workers >= 2:
+        with _num_threads(max(available_cores() // workers, 1)):
+            t1 = time_loop()
+        spm = steps_per_model(cfg, n)
+        total = PROCESS_STARTUP_S + -(-m_total // workers) * spm * t1
+        times["process"] = total / (m_total * spm)
     return min(times, key=times.__getitem__), times
 
 
@@ -364,6 +515,8 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
     if num_models < 1:
         raise ConfigError(f"num_models must be >= 1, got {num_models}")
     dev = resolve_device(device)
+    if cfg.method == "process" and dev.type != "cpu":
+        raise ConfigError("method='process' trains on CPU cores; on a GPU use 'vmap', 'loop' or 'auto'")
     spec = cfg.spec or InputSpec(tuple(x.shape[1:]))
     if tuple(x.shape[1:]) != spec.shape:
         raise InputError(f"pool inputs have shape {tuple(x.shape[1:])}, the shadow models expect {spec.shape}")
@@ -387,6 +540,9 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
             cfg_path.write_text(json.dumps(record, indent=2, default=str))
 
     xd, yd = x.to(dev), y.to(dev).long()
+    if cache is not None:
+        _atomic_save({"member": membership_matrix(n, num_models, cfg.seed).to(torch.uint8)},
+                     cache / "membership.safetensors", {"num_models": str(num_models)})
     models: list[Classifier | None] = [None] * num_models
     loaded = 0
     if cache is not None:
@@ -404,8 +560,10 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
 
     method = cfg.method
     group = min(cfg.group_size, max(len(todo), 1))
+    workers = min(cfg.workers or available_cores(), max(len(todo), 1))
     if todo and method == "auto":
-        method = "loop" if len(todo) < 2 else pick_method(cfg, spec, k, xd, yd, min(group, 8), dev)[0]
+        method = "loop" if len(todo) < 2 else pick_method(cfg, spec, k, xd, yd, min(group, 8), dev,
+                                                          num_models=len(todo))[0]
     losses: dict[int, list[float]] = {}
 
     def finish(i: int, clf: Classifier, ls: list[float]) -> None:
@@ -428,6 +586,12 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
                 for i, clf, ls in zip(ids, ms, _train_group(ms, xd, yd, idxs, ids, cfg), strict=True):
                     finish(i, clf, ls)
                 bar.advance(len(ids))
+        elif method == "process":
+            def arrived(i: int, clf: Classifier, ls: list[float]) -> None:
+                finish(i, clf.to(dev), ls)
+                bar.advance(1)
+
+            _train_processes(todo, xd, yd, cfg, spec, k, workers, arrived)
         else:
             for i in todo:
                 clf = _build(cfg, spec, k, i, dev)
@@ -439,9 +603,6 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
     if len(done) < num_models:  # interrupted: keep only finished models, in order
         keep = [i for i in range(num_models) if models[i] is not None]
         member = member[:, keep]
-    if cache is not None:
-        _atomic_save({"member": membership_matrix(n, num_models, cfg.seed).to(torch.uint8)},
-                     cache / "membership.safetensors", {"num_models": str(num_models)})
     return ShadowSet(models=done, member=member, config=cfg, pool_size=n, cache_dir=cache,
                      trained=len(todo), loaded=loaded, method=method if todo else "cached",
                      wall_time=time.perf_counter() - start, losses=losses)

@@ -81,7 +81,7 @@ class MIAConfig:
         lira_variance: 'auto', 'per-example' or 'global'.
         rmia_a: RMIA's offline coefficient a (0.3).
         shadow_epochs, shadow_batch_size, shadow_lr: override the target's recorded recipe.
-        method: shadow training path ('auto', 'loop', 'vmap').
+        method: shadow training path ('auto', 'loop', 'vmap', 'process').
         pool_size: cap on the attacker's pool (random subset; in 'pool' mode the candidates
             are always kept). None = all available data.
         seed: seeds the candidate draw, the shadow splits and everything else.
@@ -166,6 +166,12 @@ def _draw(n: int, k: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
     return perm[:k].sort().values, perm[k:].sort().values
 
 
+def shared_examples(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many rows of `a` also occur (bit-identical) in `b`."""
+    seen = {r.tobytes() for r in b.detach().cpu().contiguous().flatten(1).numpy()}
+    return sum(r.tobytes() in seen for r in a.detach().cpu().contiguous().flatten(1).numpy())
+
+
 def _signals_cached(models: Sequence[Classifier], x: torch.Tensor, y: torch.Tensor, member: torch.Tensor,
                     augment: str, cache: Path | None, tag: str) -> SignalMatrix:
     if cache is None:
@@ -228,6 +234,11 @@ def audit_membership(target: Classifier, members: Dataset, nonmembers: Dataset, 
         else:
             keep = torch.randperm(len(pool_x), generator=g)[:cfg.pool_size]
         pool_x, pool_y = pool_x[keep], pool_y[keep]
+    if mode == "disjoint":
+        dup = shared_examples(cand_x, pool_x)
+        if dup:
+            raise ConfigError(f"{dup} candidate example(s) also occur in the attacker's data although the "
+                              "threat model ('disjoint') forbids overlap (duplicates in the data set?)")
     n_shadows = cfg.shadows if any(ATTACKS[a].min_shadows for a in cfg.attacks) else 0
     if training_loss is None:
         hist = target.meta.get("history") or []
