@@ -73,3 +73,26 @@ def test_train_dp_bad_input(tmp_path: Path) -> None:
                 "--delta", "1.5"]) == 2
     assert run(["train", "-m", "resnet", "-d", "digits", "-o", str(tmp_path / "x.st"), "--dp",
                 "--arg", "depth=8"]) == 2
+
+
+def test_audit_shows_privacy_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bastion audit` on a DP checkpoint reports its privacy block even when the config has
+    no `dp` section; a bad dp option is refused before any work."""
+    ckpt = tmp_path / "dp.st"
+    assert run(["train", "-m", "mlp", "-d", "digits", "--arg", "hidden=[16]", "-o", str(ckpt), "--dp",
+                "--sigma", "6", "--clip", "4", "--steps", "3", "--delta", "1e-5", "--json"]) == 0
+    cfg = tmp_path / "audit.yaml"
+    cfg.write_text("sections:\n  - kind: evasion\n    attacks:\n      - {attack: fgsm, eps: [0.1]}\n")
+    capsys.readouterr()
+    out = tmp_path / "run"
+    assert run(["audit", "-m", str(ckpt), "-c", str(cfg), "-o", str(out), "--n", "8", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    dp = res["sections"]["dp"]
+    assert dp["kind"] == "dp" and dp["summary"]["private"] is True
+    assert dp["summary"]["sigma"] == 6.0 and dp["summary"]["clip"] == 4.0
+    assert dp["summary"]["epsilon"] == pytest.approx(read_metadata(ckpt)["privacy"]["epsilon"])
+    assert "epsilon per accountant" in (out / "report.html").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sections:\n  - kind: dp\n    delta: 2\n")
+    assert run(["audit", "-m", str(ckpt), "-c", str(bad), "-o", str(tmp_path / "r2"), "--n", "8"]) == 2
+    assert not (tmp_path / "r2" / "results.json").exists()

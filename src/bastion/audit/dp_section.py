@@ -22,13 +22,24 @@ _KEYS = ("mechanism", "variant", "sigma", "clip", "delta", "decay", "per_layer",
          "sigma_range")
 
 
-@register_section("dp")
-def dp_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
-    from bastion.privacy.accountants import LABELS, PrivacyLedger, check_delta
+def _validate(cfg: dict[str, Any]) -> None:
+    """Checked by the runner for every section before any work starts."""
+    from bastion.privacy.accountants import check_delta
 
     unknown = set(cfg) - {"kind", "name", "accountants", "delta"}
     if unknown:
         raise ConfigError(f"dp section: unknown option(s) {sorted(unknown)}; valid: accountants, delta")
+    if cfg.get("delta") is not None:
+        check_delta(float(cfg["delta"]))
+    if not isinstance(cfg.get("accountants", False), bool):
+        raise ConfigError(f"dp section: accountants must be true or false, got {cfg['accountants']!r}")
+
+
+@register_section("dp", validate=_validate)
+def dp_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
+    from bastion.privacy.accountants import LABELS, PrivacyLedger, check_delta
+
+    _validate(cfg)
     name = cfg.get("name") or "dp"
     rec = ctx.meta.get("privacy")
     if not rec:

@@ -58,7 +58,12 @@ def run_audit(model: Classifier | str | Path, cfg: AuditConfig, out_dir: str | P
     if tuple(test_full.input_shape) != model.spec.shape:
         raise ConfigError(f"data {data_name!r} has inputs of shape {test_full.input_shape}, the model "
                           f"expects {model.spec.shape}")
-    for s in cfg.section_dicts():
+    sections = cfg.section_dicts()
+    if model.meta.get("privacy") and not any(s["kind"] == "dp" for s in sections):
+        # a DP-trained checkpoint always gets its privacy block (parameters, epsilon spent)
+        names = {s["name"] for s in sections}
+        sections.append({"kind": "dp", "name": "dp" if "dp" not in names else "privacy"})
+    for s in sections:
         validate_section(s["kind"], s)
     train = load(data_name, "train", root=root) if cfg.data.split != "train" else test_full
     seed_everything(cfg.seed)
@@ -71,7 +76,7 @@ def run_audit(model: Classifier | str | Path, cfg: AuditConfig, out_dir: str | P
                        save_tensors=store.save_tensors, load_tensors=store.load_tensors)
     clean = model.accuracy(test.x, test.y)
     outputs: list[SectionOutput] = []
-    for s in cfg.section_dicts():
+    for s in sections:
         seed_everything(cfg.seed)
         outputs.append(get_section(s["kind"])(ctx, s))
     results = {

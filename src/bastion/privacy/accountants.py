@@ -37,6 +37,7 @@ actual sigma_t sequence (every accountant here composes heterogeneous steps).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -98,16 +99,35 @@ def _log_binom(n: np.ndarray, k: np.ndarray) -> np.ndarray:
     return special.gammaln(n + 1) - special.gammaln(k + 1) - special.gammaln(n - k + 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _int_table(orders: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, i, log C(a, i) or -inf where i > a) for the integer orders: depends on the
+    orders only, so a dynamic-sigma run computes it once instead of at every new sigma."""
+    a = np.asarray(orders, dtype=np.float64)[:, None]
+    i = np.arange(int(max(orders)) + 1, dtype=np.float64)[None, :]
+    log_binom = np.where(i <= a, _log_binom(a, np.minimum(i, a)), -np.inf)
+    return a, i, log_binom
+
+
 def _log_a_int(q: float, sigma: float, orders: np.ndarray) -> np.ndarray:
     """log A_a for integer orders a (Mironov et al. 2019, Sec. 3.3), all orders at once:
     A_a = sum_{i=0}^{a} C(a, i) (1-q)^(a-i) q^i exp((i^2 - i) / (2 sigma^2))."""
-    a = orders.astype(np.float64)[:, None]
-    i = np.arange(int(orders.max()) + 1, dtype=np.float64)[None, :]
-    valid = i <= a
-    terms = (_log_binom(a, np.minimum(i, a)) + i * math.log(q) + (a - i) * math.log1p(-q)
-             + (i * i - i) / (2.0 * sigma * sigma))
-    terms = np.where(valid, terms, -np.inf)
-    return special.logsumexp(terms, axis=1)
+    a, i, log_binom = _int_table(tuple(float(o) for o in orders))
+    lq = math.log1p(-q)
+    terms = log_binom + (i * (math.log(q) - lq) + (i * i - i) / (2.0 * sigma * sigma))
+    top = terms.max(axis=1, keepdims=True)
+    return (np.log(np.exp(terms - top).sum(axis=1)) + top[:, 0]) + a[:, 0] * lq
+
+
+@functools.lru_cache(maxsize=256)
+def _frac_coef(orders: tuple[float, ...], start: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """log |C(a, i)| and its sign for the block i = start .. start + block - 1 (cached: it
+    depends on the orders only)."""
+    a = np.asarray(orders, dtype=np.float64)[:, None]
+    i = np.arange(start, start + block, dtype=np.float64)[None, :]
+    coef = special.binom(a, i)
+    with np.errstate(divide="ignore"):
+        return np.log(np.abs(coef)), np.sign(coef)
 
 
 def _log_a_frac(q: float, sigma: float, orders: np.ndarray) -> np.ndarray:
@@ -115,6 +135,7 @@ def _log_a_frac(q: float, sigma: float, orders: np.ndarray) -> np.ndarray:
     z0 = sigma^2 ln(1/q - 1) + 1/2 and expanded in the generalised binomial series, summed
     in blocks until every term is below e^-30 (the series' tail is negligible)."""
     a = orders.astype(np.float64)[:, None]
+    key = tuple(float(o) for o in orders)
     z0 = sigma * sigma * math.log(1.0 / q - 1.0) + 0.5
     pos0 = np.full(len(orders), -np.inf)
     neg0 = np.full(len(orders), -np.inf)
@@ -124,9 +145,7 @@ def _log_a_frac(q: float, sigma: float, orders: np.ndarray) -> np.ndarray:
     while True:
         i = np.arange(start, start + block, dtype=np.float64)[None, :]
         j = a - i
-        coef = special.binom(a, i)
-        log_coef = np.log(np.abs(coef))
-        sign = np.sign(coef)
+        log_coef, sign = _frac_coef(key, start, block)
         log_t0 = log_coef + i * math.log(q) + j * math.log1p(-q)
         log_t1 = log_coef + j * math.log(q) + i * math.log1p(-q)
         log_e0 = special.log_ndtr((z0 - i) / sigma)
