@@ -208,11 +208,15 @@ def compute_signals(models: Sequence[torch.nn.Module], x: torch.Tensor, y: torch
         dev = next(iter(model.parameters())).device
         # oneDNN's channels-last convolution/pooling kernels are much faster on CPU
         cl = dev.type == "cpu" and x.dim() == 4 and any(isinstance(mod, torch.nn.Conv2d) for mod in model.modules())
-        for s in range(0, n, batch_size):
-            xb = x[s:s + batch_size].to(dev)
+        # ... with channels-last weights too, and in cache-sized chunks (256 measured 2x faster than 1024)
+        bs = min(batch_size, 256) if cl else batch_size
+        if cl:
+            model.to(memory_format=torch.channels_last)
+        for s in range(0, n, bs):
+            xb = x[s:s + bs].to(dev)
             if cl:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = y[s:s + batch_size].to(dev)
+            yb = y[s:s + bs].to(dev)
             for qi, t in enumerate(queries):
                 logits = model(t(xb)).float()
                 phi[s:s + len(xb), i, qi] = logit_confidence(logits, yb).cpu()
@@ -222,4 +226,6 @@ def compute_signals(models: Sequence[torch.nn.Module], x: torch.Tensor, y: torch
                         if probs is None:
                             probs = torch.empty(n, m, logits.shape[-1])
                         probs[s:s + len(xb), i] = logits.softmax(-1).cpu()
+        if cl:
+            model.to(memory_format=torch.contiguous_format)
     return SignalMatrix(phi, member.bool().cpu(), y.cpu(), correct, probs)
