@@ -58,6 +58,15 @@ def test_attack_bad_inputs(small_model, correct_batch) -> None:
                        InputSpec((1, 28, 28)), 10, device="cpu")
     with pytest.raises(InputError, match="probabilities"):
         FGSM()(probs, x, y)
+    # budgets larger than the whole input domain (eps on the 0-255 scale) fail before work
+    for name, params in (("fgsm", {"eps": 8.0}), ("square", {"eps": 8.0}),
+                         ("square", {"norm": "l2", "eps": 100.0}), ("universal", {"eps": 8.0}),
+                         ("bim", {"eps": 8.0}), ("mifgsm", {"eps": 8.0})):
+        with pytest.raises(ConfigError, match="exceeds"):
+            create(name, **params)(small_model, x, y)
+    for name in ("fgsm", "square", "universal", "hopskipjump"):
+        with pytest.raises(ConfigError):
+            create(name, eps=-1.0) if name != "hopskipjump" else create(name, max_iter=-1)
     with pytest.raises(ConfigError, match="valid attacks"):
         create("pgdd")
     with pytest.raises(ConfigError, match="unknown parameter"):

@@ -22,8 +22,12 @@ def test_attacks_lists_registry(capsys):
     assert run(["attacks", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     by_name = {r["name"]: r for r in rows}
-    for name in ("fgsm", "bim", "pgd", "mifgsm", "apgd", "apgd-t", "autoattack"):
-        assert name in by_name
+    every = ("fgsm", "bim", "pgd", "mifgsm", "apgd", "apgd-t", "autoattack", "cw-l2", "cw-linf",
+             "cw-l0", "deepfool", "deepfool-dynamic", "jsma", "square", "hopskipjump",
+             "one-pixel", "universal")
+    assert set(every) <= set(by_name)
+    assert by_name["hopskipjump"]["black_box"] and by_name["cw-l0"]["kind"] == "minimum-norm"
+    assert not by_name["universal"]["targeted"]
     assert set(by_name["pgd"]["norms"]) == {"linf", "l2", "l1"}
     assert by_name["pgd"]["defaults"]["steps"] == 40
     assert by_name["bim"]["kind"] == "fixed-budget"

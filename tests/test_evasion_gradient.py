@@ -172,7 +172,10 @@ def test_dlr_loss_is_shift_and_scale_invariant():
     assert torch.allclose(dlr_loss(z, y), dlr_loss(3.0 * z + 7.0, y), atol=1e-5)
 
 
-def test_fast_flag_is_accepted_on_cpu_and_changes_nothing(small_model, batch):
+def test_fast_flag_is_accepted_on_cpu_and_changes_nothing(small_model, batch, monkeypatch):
+    import bastion.attacks.evasion.pgd as pgd_mod
+
+    monkeypatch.setattr(pgd_mod, "_NOTICED", set())  # the notice is shown once per process
     x, y = batch[0][:4], batch[1][:4]
     eager = create("pgd", steps=3)(small_model, x, y)
     with pytest.warns(UserWarning, match="fast=True"):

@@ -8,6 +8,8 @@ input range and eps is in input units. With `cap_total` (default) the number of 
 also capped at floor(eps / alpha), so the accumulated step length never exceeds eps
 (the class project's I-FGSM rule). With `early_stop` each example stops moving at its
 first success, which keeps its perturbation as small as the step size allows.
+`fast_path` ('off' default, 'auto', 'cuda-graph') and `bf16` as for PGD (see
+`bastion.attacks.evasion.fastpath`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput
-from bastion.attacks.evasion._grad import ce_grad
+from bastion.attacks.evasion import fastpath
 from bastion.attacks.evasion.pgd import check_budget
 from bastion.attacks.registry import register
 from bastion.core import Classifier, ConfigError
@@ -40,6 +42,8 @@ class BIM(Attack):
     cap_total: bool = True
     early_stop: bool = False
     batch_size: int = 1024
+    fast_path: str = "off"
+    bf16: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -49,6 +53,7 @@ class BIM(Attack):
             raise ConfigError(f"bim: steps must be >= 1, got {self.steps}")
         if self.eps > 1e3:
             raise ConfigError(f"bim: eps {self.eps} is absurd for an Linf budget")
+        fastpath.check_mode(self.name, self.fast_path)
 
     def schedule(self, value_range: float = 1.0) -> tuple[float, int]:
         """(alpha, steps) actually used for inputs whose bounds span `value_range`."""
@@ -66,35 +71,31 @@ class BIM(Attack):
              target: torch.Tensor | None) -> RunOutput:
         check_budget(self.name, "linf", self.eps, model)
         alpha, steps = self.schedule(model.spec.value_range)
+        mode = fastpath.canonical_mode(self.name, self.fast_path)
+        graph = fastpath.resolve(self.name, mode, model.device)
+        step = fastpath.bim_step(fastpath.maybe_bf16(model, self.bf16), alpha, target is not None,
+                                 self.early_stop)
+        loop = fastpath.StepLoop(step, graph=graph, strict=mode == "cuda-graph",
+                                 name=self.name)
         out, queries = [], []
         for i in range(0, x.shape[0], self.batch_size):
             sl = slice(i, i + self.batch_size)
-            xa, q = self._batch(model, x[sl], y[sl], None if target is None else target[sl],
-                                alpha, steps)
+            xa, q = self._batch(x[sl], y[sl], None if target is None else target[sl],
+                                model.spec.bounds, steps, loop)
             out.append(xa)
             queries.append(q)
         return RunOutput(torch.cat(out), torch.cat(queries), {"alpha": alpha, "steps": steps})
 
-    def _batch(self, model: Classifier, x0: torch.Tensor, y: torch.Tensor,
-               target: torch.Tensor | None, alpha: float, steps: int
+    def _batch(self, x0: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+               bounds: tuple[float, float], steps: int, loop: fastpath.StepLoop
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = model.spec.bounds
-        targeted = target is not None
-        labels = target if targeted else y
+        lo, hi = bounds
+        labels = target if target is not None else y
         box_lo = (x0 - self.eps).clamp(lo, hi)
         box_hi = (x0 + self.eps).clamp(lo, hi)
-        x = x0.clone()
         active = torch.ones(x0.shape[0], dtype=torch.bool, device=x0.device)
         queries = torch.zeros(x0.shape[0], device=x0.device)
-        view = (-1,) + (1,) * (x0.dim() - 1)
-        for _ in range(steps):
-            g, logits = ce_grad(model, x, labels, targeted)
-            queries += active.float()
-            step = alpha * g.sign()
-            if self.early_stop:
-                pred = logits.argmax(-1)
-                done = pred == target if targeted else pred != y
-                active = active & ~done
-                step = step * active.view(view)
-            x = torch.max(torch.min(x + step, box_hi), box_lo)
+        # the step (fastpath.bim_step: CE gradient, sign step, early-stop mask, clip) runs
+        # eagerly or as a replayed CUDA graph
+        x, _, queries = loop.run((x0.clone(), active, queries), (labels, y, box_lo, box_hi), steps)
         return x, queries

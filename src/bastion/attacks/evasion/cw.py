@@ -140,6 +140,7 @@ def cw_l2_batch(model: Classifier, x: torch.Tensor, labels: torch.Tensor, target
     best = x.clone()
     queries = torch.zeros(n, device=dev)
     check_every = max(max_iter // 10, 1)
+    view = (-1,) + (1,) * (x.dim() - 1)
     for _ in range(binary_steps):
         # optimising w from w0 is the paper's modifier (w = w0 + modifier, modifier = 0
         # at the start) with one addition less per step; Adam is shift-invariant
@@ -156,14 +157,14 @@ def cw_l2_batch(model: Classifier, x: torch.Tensor, labels: torch.Tensor, target
             f = _margin(logits, labels, targeted).clamp(min=-kappa)
             loss = (l2 + c * f).sum()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward(inputs=[w])  # input gradient only: no weight gradients
             opt.step()
             queries += 1
             with torch.no_grad():
                 ok = _kappa_success(logits.detach(), labels, targeted, kappa)
                 better = ok & (l2.detach() < best_l2)
                 best_l2 = torch.where(better, l2.detach(), best_l2)
-                best[better] = xn.detach()[better]
+                best = torch.where(better.view(view), xn.detach(), best)  # no host sync
                 won |= ok
             if abort_early and it % check_every == 0:
                 cur = float(loss.detach())
@@ -262,7 +263,7 @@ class CarliniWagnerLinf(Attack):
                 pen = ((xn - xa).abs() - ta.view(view)).clamp(min=0).flatten(1).sum(1)
                 loss = (ca * f + pen) * (~done)
                 opt.zero_grad(set_to_none=True)
-                loss.sum().backward()
+                loss.sum().backward(inputs=[mod])
                 queries[idx[~done]] += 1
                 with torch.no_grad():
                     # the paper's abort test: the whole objective (margin and the part of
@@ -372,7 +373,7 @@ class CarliniWagnerL0(Attack):
                 l2 = (xn - xa).flatten(1).pow(2).sum(1)
                 loss = (ca * f + l2) * (~done)
                 opt.zero_grad(set_to_none=True)
-                loss.sum().backward()
+                loss.sum().backward(inputs=[mod])
                 queries[idx[~done]] += 1
                 with torch.no_grad():
                     # first success: keep this point and the loss gradient there

@@ -13,6 +13,7 @@ import torch
 
 from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput
 from bastion.attacks.evasion._grad import ce_grad
+from bastion.attacks.evasion.pgd import check_budget
 from bastion.attacks.registry import register
 from bastion.core import Classifier
 
@@ -31,6 +32,7 @@ class FGSM(Attack):
 
     def _run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None) -> RunOutput:
+        check_budget(self.name, "linf", self.eps, model)
         lo, hi = model.spec.bounds
         out = []
         for i in range(0, x.shape[0], self.batch_size):

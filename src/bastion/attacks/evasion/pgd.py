@@ -15,6 +15,10 @@ Targeted: descend the cross-entropy of the target class instead.
 Defaults per norm (used when `eps` / `alpha` are None): Linf eps 0.3, alpha eps / 30
 (= 0.01, Madry et al. MNIST); L2 eps 2.0 and L1 eps 10.0 (Tramer & Boneh's MNIST
 budgets), alpha 2.5 eps / steps (the Madry-lab step rule); 40 steps; q = 0.99.
+
+`fast_path` ('off' default, 'auto', 'cuda-graph') replays the step as a CUDA graph on a GPU
+for Linf and L2 (see `bastion.attacks.evasion.fastpath`); `bf16=True` runs the forward
+under bfloat16 autocast. `fast=True` is the older spelling of fast_path='auto'.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput
-from bastion.attacks.evasion._grad import ce_grad
+from bastion.attacks.evasion import fastpath
 from bastion.attacks.registry import register
 from bastion.core import Classifier, ConfigError, parse_norm
 
@@ -146,6 +150,8 @@ class PGD(Attack):
     seed: int = 0
     batch_size: int = 1024
     fast: bool = False
+    fast_path: str = "off"
+    bf16: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -163,6 +169,7 @@ class PGD(Attack):
             raise ConfigError(f"{self.name}: l1_sparsity (q) must lie in [0, 1), got {self.l1_sparsity}")
         if norm == "linf" and self.eps is not None and self.eps > 1e3:
             raise ConfigError(f"{self.name}: eps {self.eps} is absurd for an Linf budget")
+        fastpath.check_mode(self.name, self.fast_path)
 
     # resolved parameters -----------------------------------------------------------
     @property
@@ -183,21 +190,33 @@ class PGD(Attack):
     def _run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None) -> RunOutput:
         check_budget(self.name, self.norm_name, self.budget(model.spec.value_range), model)
-        if self.fast:
+        mode = fastpath.canonical_mode(self.name, self.fast_path)
+        mode = "auto" if self.fast and mode == "off" else mode
+        graph = fastpath.resolve(self.name, mode, model.device, self.norm_name != "l1",
+                                 "for the L1 step (top-k sparse direction)")
+        if self.fast and not graph:
             _fast_notice(model, self.name)
+        lo, hi = model.spec.bounds
+        vr = model.spec.value_range
+        step = fastpath.pgd_step(fastpath.maybe_bf16(model, self.bf16), self.norm_name,
+                                 self.step_size(vr), self.budget(vr), lo, hi, target is not None,
+                                 self.l1_sparsity)
+        loop = fastpath.StepLoop(step, graph=graph, strict=mode == "cuda-graph", name=self.name)
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         out = []
         for i in range(0, x.shape[0], self.batch_size):
             sl = slice(i, i + self.batch_size)
-            out.append(self._batch(model, x[sl], y[sl], None if target is None else target[sl], gen))
+            out.append(self._batch(model, x[sl], y[sl], None if target is None else target[sl],
+                                   gen, loop))
         queries = torch.full((x.shape[0],), float(self.steps * self.restarts), device=x.device)
         return RunOutput(torch.cat(out), queries)
 
     def _batch(self, model: Classifier, x0: torch.Tensor, y: torch.Tensor,
-               target: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+               target: torch.Tensor | None, gen: torch.Generator,
+               loop: fastpath.StepLoop) -> torch.Tensor:
         lo, hi = model.spec.bounds
         vr = model.spec.value_range
-        eps, alpha, norm = self.budget(vr), self.step_size(vr), self.norm_name
+        eps, norm = self.budget(vr), self.norm_name
         targeted = target is not None
         labels = target if targeted else y
         best = x0.clone()
@@ -206,16 +225,8 @@ class PGD(Attack):
         box_hi = (x0 + eps).clamp(lo, hi) if norm == "linf" else x0
         for r in range(self.restarts):
             x = random_start(x0, norm, eps, gen, lo, hi) if self.random_start else x0.clone()
-            for _ in range(self.steps):
-                g, _ = ce_grad(model, x, labels, targeted)
-                if norm == "linf":
-                    x = torch.max(torch.min(x + alpha * g.sign(), box_hi), box_lo)
-                    continue
-                if norm == "l2":
-                    x = x + alpha * g / flat_norm(g, 2).clamp_min(1e-12)
-                else:
-                    x = x + alpha * l1_sparse_direction(g, x, lo, hi, self.l1_sparsity)
-                x = (x0 + project(x - x0, norm, eps)).clamp_(lo, hi)
+            # the step (fastpath.pgd_step) runs eagerly or as a replayed CUDA graph
+            (x,) = loop.run((x,), (x0, labels, box_lo, box_hi), self.steps)
             if self.restarts == 1:
                 return x
             with torch.no_grad():
@@ -236,7 +247,7 @@ _NOTICED: set[str] = set()
 
 
 def _fast_notice(model: Classifier, name: str) -> None:
-    """The CUDA-graph fast path is not implemented yet: say so once and run eagerly."""
+    """fast=True (legacy spelling of fast_path='auto') without CUDA: say so once."""
     key = f"{name}:{model.device.type}"
     if key in _NOTICED:
         return

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput
+from bastion.attacks.evasion.pgd import check_budget
 from bastion.attacks.registry import register
 from bastion.core import Classifier, ConfigError, InputError, parse_norm, unknown_name
 
@@ -113,6 +114,7 @@ class Square(Attack):
              target: torch.Tensor | None) -> RunOutput:
         if x.dim() != 4:
             raise InputError("square needs image inputs [N, C, H, W]")
+        check_budget(self.name, parse_norm(self.norm), self.epsilon, model)
         gen = torch.Generator().manual_seed(self.seed)
         outs, qs = [], []
         for i in range(0, x.shape[0], self.batch_size):

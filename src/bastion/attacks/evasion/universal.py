@@ -27,6 +27,7 @@ import torch
 
 from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput
 from bastion.attacks.evasion.deepfool import deepfool_batch
+from bastion.attacks.evasion.pgd import check_budget
 from bastion.attacks.registry import register
 from bastion.core import Classifier, ConfigError, parse_norm, unknown_name
 
@@ -83,6 +84,7 @@ class Universal(Attack):
         lo, hi = model.spec.bounds
         norm = parse_norm(self.norm)
         eps = self.epsilon
+        check_budget(self.name, norm, eps, model)
         n, dev = x.shape[0], x.device
         gen = torch.Generator().manual_seed(self.seed)
         k0 = model.predict(x)
