@@ -78,7 +78,8 @@ def main() -> None:
         ("universal linf eps 0.3", Universal(), None),
         ("universal l2 eps 4.0", Universal(norm="l2"), None),
     ]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    out = Path(args.out)
     for label, attack, target in runs:
         if args.only and args.only not in label:
             continue
@@ -98,12 +99,8 @@ def main() -> None:
         print(f"{label:36s} ASR {row['success_rate']:.2f}  L0 {_f(row['mean_l0'], 1)}  "
               f"L2 {_f(row['mean_l2'])}  Linf {_f(row['mean_linf'])}  "
               f"q {_f(row['queries_mean'], 0)}  {row['seconds_per_example']:.3f} s/ex", flush=True)
-    meta = {"model": "cnn-small (3 epochs, mnist-5k)", "n": int(x.shape[0]),
-            "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
-            "command": " ".join(["python", "experiments/evasion_partb.py", *sys.argv[1:]])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        _save(out, x, rows, complete=False)  # rows survive an interrupted run
+    _save(out, x, rows, complete=True)
     print("\n| attack | ASR | mean L0 | mean L2 | mean Linf | queries | s / example |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -111,6 +108,17 @@ def main() -> None:
               f"{_f(r['mean_l2'])} | {_f(r['mean_linf'])} | {_f(r['queries_mean'], 0)} | "
               f"{r['seconds_per_example']:.3f} |")
     print(f"wrote {out}")
+
+
+def _save(out: Path, x: torch.Tensor, rows: list[dict[str, Any]], complete: bool) -> None:
+    meta = {"model": "cnn-small (3 epochs, mnist-5k)", "n": int(x.shape[0]),
+            "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
+            "complete": complete,
+            "command": " ".join(["python", "experiments/evasion_partb.py", *sys.argv[1:]])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    tmp.replace(out)
 
 
 def _f(v: float | None, digits: int = 3) -> str:

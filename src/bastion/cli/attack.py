@@ -28,13 +28,22 @@ from bastion.core import ConfigError
 @app.command("attacks")
 def attacks_cmd(as_json: bool = JSON_OPTION) -> None:
     """List the evasion attacks: name, kind, norms, targeted, black-box and defaults."""
+    from rich.table import Table
+
     from bastion.attacks import registry
 
     rows = [registry.describe(n) for n in registry.names()]
-    console.print(table("Bastion evasion attacks", ["name", "kind", "norms", "targeted", "black_box",
-                                                    "defaults"],
-                        [[r["name"], r["kind"], ",".join(r["norms"]), r["targeted"], r["black_box"],
-                          ", ".join(f"{k}={v}" for k, v in r["defaults"].items())] for r in rows]))
+    # the defaults column wraps; the short columns never do (the shared `table` helper keeps
+    # every column on one line, which squeezes the names out of sight here)
+    t = Table(title="Bastion evasion attacks", header_style="bold", show_lines=True)
+    for col in ("name", "kind", "norms", "targeted", "black box"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("defaults", overflow="fold", ratio=1)
+    for r in rows:
+        t.add_row(r["name"], r["kind"], ",".join(r["norms"]), "yes" if r["targeted"] else "no",
+                  "yes" if r["black_box"] else "no",
+                  ", ".join(f"{k}={v}" for k, v in r["defaults"].items()))
+    console.print(t)
     emit(rows, as_json)
 
 
