@@ -22,7 +22,7 @@ $(DEMO_MODEL): | $(STAMP)
 	$(BIN)/bastion train --model cnn7 --data mnist-5k --epochs 5 --out $@
 
 demo: $(STAMP) $(DEMO_MODEL)
-	$(BIN)/bastion audit --model $(DEMO_MODEL) --data mnist-5k --n 500 --out runs/demo
+	$(BIN)/bastion audit --model $(DEMO_MODEL) --data mnist-5k --config configs/demo.yaml --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not crosscheck"

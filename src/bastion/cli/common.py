@@ -14,7 +14,10 @@ from rich.table import Table
 from bastion.core import ConfigError
 
 # Human-readable output goes to stderr so that `--json` leaves stdout clean for scripts.
+# Logs and CI pipes are not terminals; rich would squeeze tables into 80 columns there.
 console = Console(stderr=True)
+if not console.is_terminal:
+    console = Console(stderr=True, width=160)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 SEED_OPTION = typer.Option(0, "--seed", help="Random seed.")
@@ -53,7 +56,7 @@ LEFT = ("attack", "name", "kind", "norms", "arguments", "defense", "init")
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     t = Table(title=title, header_style="bold")
     for c in columns:
-        t.add_column(HEADERS.get(c, c), justify="left" if c in LEFT else "right")
+        t.add_column(HEADERS.get(c, c), justify="left" if c in LEFT else "right", no_wrap=True)
     for r in rows:
         t.add_row(*[fmt(v) for v in r])
     return t
@@ -63,7 +66,7 @@ def fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:.3g}"
     return str(v)
 
 
