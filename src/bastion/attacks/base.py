@@ -9,6 +9,7 @@ predictions, success and the result object, so every attack behaves the same way
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -28,6 +29,18 @@ class RunOutput:
     x_adv: torch.Tensor
     queries: torch.Tensor | None = None
     extras: dict[str, Any] | None = None
+
+
+def run_in_batches(n: int, batch_size: int,
+                   fn: Callable[[slice], tuple[torch.Tensor, torch.Tensor]]) -> RunOutput:
+    """Call `fn` on consecutive slices of `batch_size` examples (out of `n`) and join the
+    (x_adv, queries) pairs it returns into one RunOutput."""
+    outs, qs = [], []
+    for i in range(0, n, batch_size):
+        a, q = fn(slice(i, i + batch_size))
+        outs.append(a)
+        qs.append(q)
+    return RunOutput(torch.cat(outs), torch.cat(qs))
 
 
 def check_probabilities(model: Classifier, x: torch.Tensor) -> None:

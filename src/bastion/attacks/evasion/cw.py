@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bastion.attacks.base import MINIMUM_NORM, Attack, RunOutput
+from bastion.attacks.base import MINIMUM_NORM, Attack, RunOutput, run_in_batches
 from bastion.attacks.registry import register
 from bastion.core import Classifier, ConfigError
 
@@ -228,14 +228,9 @@ class CarliniWagnerLinf(Attack):
 
     def _run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None) -> RunOutput:
-        outs, qs = [], []
-        for i in range(0, x.shape[0], self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            a, q = self._batch(model, x[sl], (y if target is None else target)[sl],
-                               target is not None)
-            outs.append(a)
-            qs.append(q)
-        return RunOutput(torch.cat(outs), torch.cat(qs))
+        labels = y if target is None else target
+        return run_in_batches(x.shape[0], self.batch_size, lambda sl: self._batch(
+            model, x[sl], labels[sl], target is not None))
 
     def _batch(self, model: Classifier, x: torch.Tensor, labels: torch.Tensor,
                targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,14 +327,9 @@ class CarliniWagnerL0(Attack):
 
     def _run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None) -> RunOutput:
-        outs, qs = [], []
-        for i in range(0, x.shape[0], self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            a, q = self._batch(model, x[sl], (y if target is None else target)[sl],
-                               target is not None)
-            outs.append(a)
-            qs.append(q)
-        return RunOutput(torch.cat(outs), torch.cat(qs))
+        labels = y if target is None else target
+        return run_in_batches(x.shape[0], self.batch_size, lambda sl: self._batch(
+            model, x[sl], labels[sl], target is not None))
 
     def _batch(self, model: Classifier, x: torch.Tensor, labels: torch.Tensor,
                targeted: bool) -> tuple[torch.Tensor, torch.Tensor]:

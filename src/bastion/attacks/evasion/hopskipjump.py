@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bastion.attacks.base import MINIMUM_NORM, Attack, RunOutput
+from bastion.attacks.base import MINIMUM_NORM, Attack, RunOutput, run_in_batches
 from bastion.attacks.registry import register
 from bastion.core import Classifier, ConfigError, parse_norm, unknown_name
 
@@ -73,17 +73,9 @@ class HopSkipJump(Attack):
     def _run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None) -> RunOutput:
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        outs, qs = [], []
-        pred_all = None
-        if target is not None:
-            pred_all = model.predict(x)
-        for i in range(0, x.shape[0], self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            a, q = self._batch(model, x[sl], y[sl], None if target is None else target[sl],
-                               x, pred_all, gen)
-            outs.append(a)
-            qs.append(q)
-        return RunOutput(torch.cat(outs), torch.cat(qs))
+        pred_all = model.predict(x) if target is not None else None
+        return run_in_batches(x.shape[0], self.batch_size, lambda sl: self._batch(
+            model, x[sl], y[sl], None if target is None else target[sl], x, pred_all, gen))
 
     # ------------------------------------------------------------------ helpers
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bastion.attacks.base import MINIMUM_NORM, Attack, RunOutput
+from bastion.attacks.base import MINIMUM_NORM, Attack, RunOutput, run_in_batches
 from bastion.attacks.registry import register
 from bastion.core import Classifier, ConfigError
 
@@ -61,13 +61,8 @@ class JSMA(Attack):
             tgt = logits.scatter(1, y[:, None], -float("inf")).argmax(1)
         else:
             tgt = target
-        outs, qs = [], []
-        for i in range(0, x.shape[0], self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            a, q = self._batch(model, x[sl], y[sl], tgt[sl], untargeted=target is None)
-            outs.append(a)
-            qs.append(q)
-        return RunOutput(torch.cat(outs), torch.cat(qs))
+        return run_in_batches(x.shape[0], self.batch_size, lambda sl: self._batch(
+            model, x[sl], y[sl], tgt[sl], untargeted=target is None))
 
     def _batch(self, model: Classifier, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
                untargeted: bool) -> tuple[torch.Tensor, torch.Tensor]:

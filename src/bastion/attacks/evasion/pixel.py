@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput
+from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput, run_in_batches
 from bastion.attacks.registry import register
 from bastion.core import Classifier, ConfigError, InputError
 
@@ -61,13 +61,8 @@ class OnePixel(Attack):
         if x.dim() != 4:
             raise InputError("one-pixel needs image inputs [N, C, H, W]")
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        outs, qs = [], []
-        for i in range(0, x.shape[0], self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            a, q = self._batch(model, x[sl], y[sl], None if target is None else target[sl], gen)
-            outs.append(a)
-            qs.append(q)
-        return RunOutput(torch.cat(outs), torch.cat(qs))
+        return run_in_batches(x.shape[0], self.batch_size, lambda sl: self._batch(
+            model, x[sl], y[sl], None if target is None else target[sl], gen))
 
     def _apply(self, x: torch.Tensor, cand: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         """x [M, C, H, W], cand [M, P, pixels, 2 + C] -> perturbed images [M * P, C, H, W]."""

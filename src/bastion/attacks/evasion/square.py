@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput
+from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput, run_in_batches
 from bastion.attacks.evasion.pgd import check_budget
 from bastion.attacks.registry import register
 from bastion.core import Classifier, ConfigError, InputError, parse_norm, unknown_name
@@ -116,15 +116,10 @@ class Square(Attack):
             raise InputError("square needs image inputs [N, C, H, W]")
         check_budget(self.name, parse_norm(self.norm), self.epsilon, model)
         gen = torch.Generator().manual_seed(self.seed)
-        outs, qs = [], []
-        for i in range(0, x.shape[0], self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            labels = (y if target is None else target)[sl]
-            fn = self._linf if parse_norm(self.norm) == "linf" else self._l2
-            a, q = fn(model, x[sl], labels, target is not None, gen)
-            outs.append(a)
-            qs.append(q)
-        return RunOutput(torch.cat(outs), torch.cat(qs))
+        labels = y if target is None else target
+        fn = self._linf if parse_norm(self.norm) == "linf" else self._l2
+        return run_in_batches(x.shape[0], self.batch_size, lambda sl: fn(
+            model, x[sl], labels[sl], target is not None, gen))
 
     def _rand(self, shape: tuple[int, ...], gen: torch.Generator, dev: torch.device) -> torch.Tensor:
         return torch.rand(shape, generator=gen).to(dev)
