@@ -178,7 +178,7 @@ class APGD(Attack):
 
         def proj(z: torch.Tensor) -> torch.Tensor:
             if norm == "linf":
-                return torch.max(torch.min(z, box_hi), box_lo)
+                return torch.clamp(z, box_lo, box_hi)
             return (x + project(z - x, "l2", eps)).clamp(lo, hi)
 
         def direction(g: torch.Tensor) -> torch.Tensor:
@@ -207,8 +207,9 @@ class APGD(Attack):
         for i in range(n_iter):
             with torch.no_grad():
                 a = self.momentum if i > 0 else 1.0
-                z = proj(x_adv + step * direction(grad))
-                x_new = proj(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old))
+                z = proj(torch.addcmul(x_adv, step, direction(grad)))
+                # x_adv + a (z - x_adv) + (1 - a) (x_adv - x_old), in three kernels
+                x_new = proj(torch.lerp(x_adv, z, a).add_(x_adv - x_old, alpha=1 - a))
                 x_old, x_adv = x_adv, x_new
             loss, grad, logits = self._loss_grad(model, x_adv, y, t)
             with torch.no_grad():
@@ -218,8 +219,8 @@ class APGD(Attack):
                 history[i + 1] = loss
                 better = loss > loss_best
                 bv = better.view(shape)
-                x_best = torch.where(bv, x_adv, x_best)
-                grad_best = torch.where(bv, grad, grad_best)
+                torch.where(bv, x_adv, x_best, out=x_best)
+                torch.where(bv, grad, grad_best, out=grad_best)
                 loss_best = torch.where(better, loss, loss_best)
                 w = i + 1
                 if w in checks:
