@@ -71,3 +71,13 @@ def correct_batch(small_model: Classifier, mnist_test: Dataset) -> tuple[torch.T
     pred = small_model.predict(mnist_test.x)
     idx = torch.nonzero(pred == mnist_test.y).flatten()[:64]
     return mnist_test.x[idx], mnist_test.y[idx]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny-model inversion is latency-bound: one intra-op thread avoids contention.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

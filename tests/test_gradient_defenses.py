@@ -17,13 +17,7 @@ from bastion.defenses.gradient import ClipNoise, GaussianNoise, Prune, Quantize,
 from bastion.federated import FedConfig, run_fedavg
 from bastion.models import build_classifier
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,7 @@ def lenet_sigmoid(shape=(1, 28, 28), seed=0):
     return uniform_init_(clf, seed=seed)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny-model inversion is latency-bound: one intra-op thread avoids contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
