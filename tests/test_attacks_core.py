@@ -72,3 +72,24 @@ def test_attack_bad_inputs(small_model, correct_batch) -> None:
     with pytest.raises(ConfigError, match="unknown parameter"):
         create("pgd", epsilon=0.3)
     assert {"fgsm", "pgd"} <= set(names())
+
+
+def test_fast_layout_is_channels_last_on_cpu_and_restored(small_model, correct_batch) -> None:
+    x, _ = correct_batch
+    conv = next(m for m in small_model.module.modules() if isinstance(m, torch.nn.Conv2d))
+    ref = small_model.logits(x)
+    with small_model.fast_layout():
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        with small_model.fast_layout():  # re-entrant: the inner exit must not undo the outer
+            pass
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        fast = small_model.logits(x)
+    assert conv.weight.is_contiguous()
+    assert torch.allclose(fast, ref, atol=1e-5)
+
+
+def test_attacks_return_contiguous_default_layout_inputs(small_model, correct_batch) -> None:
+    x, y = correct_batch
+    r = PGD(eps=0.1, alpha=0.02, steps=2)(small_model, x, y)
+    assert r.x_adv.is_contiguous()
+    assert next(small_model.module.parameters()).is_contiguous()

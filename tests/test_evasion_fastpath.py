@@ -107,7 +107,9 @@ def test_pgd_step_eager_equals_reference_bit_for_bit(small_model, batch, norm, e
                                                      targeted):
     x, y = batch
     t = (y + 1) % 10 if targeted else None
-    ref = _reference_pgd(small_model, x, y, eps, alpha, 6, norm, seed=3, target=t)
+    # attacks run in the model's fast layout (channels-last on CPU); the reference too
+    with small_model.fast_layout():
+        ref = _reference_pgd(small_model, x, y, eps, alpha, 6, norm, seed=3, target=t)
     for mode in ("off", "auto"):
         r = PGD(eps=eps, alpha=alpha, steps=6, norm=norm, seed=3, fast_path=mode)(small_model,
                                                                                   x, y, t)
@@ -117,16 +119,18 @@ def test_pgd_step_eager_equals_reference_bit_for_bit(small_model, batch, norm, e
     step = fastpath.pgd_step(small_model, norm, alpha, eps, lo, hi, targeted)
     gen = torch.Generator().manual_seed(3)
     x_start = random_start(x, norm, eps, gen, lo, hi)
-    (out,) = fastpath.StepLoop(step).run((x_start,), (x, y if t is None else t,
-                                                     (x - eps).clamp(lo, hi),
-                                                     (x + eps).clamp(lo, hi)), 6)
+    with small_model.fast_layout():
+        (out,) = fastpath.StepLoop(step).run((x_start,), (x, y if t is None else t,
+                                                         (x - eps).clamp(lo, hi),
+                                                         (x + eps).clamp(lo, hi)), 6)
     assert torch.equal(out, ref)
 
 
 @pytest.mark.parametrize("early_stop", [False, True])
 def test_bim_step_eager_equals_reference_bit_for_bit(small_model, batch, early_stop):
     x, y = batch
-    ref = _reference_bim(small_model, x, y, 0.1, 0.02, 5, early_stop)
+    with small_model.fast_layout():
+        ref = _reference_bim(small_model, x, y, 0.1, 0.02, 5, early_stop)
     r = BIM(eps=0.1, alpha=0.02, steps=5, early_stop=early_stop, fast_path="auto")(small_model,
                                                                                   x, y)
     assert torch.equal(r.x_adv, ref)

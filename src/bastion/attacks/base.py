@@ -101,17 +101,21 @@ class Attack:
         was_training = model.training
         model.eval()
         start = time.perf_counter()
-        try:
-            out = self._run(model, x, y, target)
-        finally:
-            model.train(was_training)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        wall = time.perf_counter() - start
         lo, hi = model.spec.bounds
-        x_adv = out.x_adv.detach().clamp(lo, hi)
-        pred_clean = model.predict(x)
-        pred_adv = model.predict(x_adv)
+        try:
+            with model.fast_layout():
+                pred_clean = model.predict(x)
+                self.__dict__["_pred_clean"] = pred_clean
+                start = time.perf_counter()
+                out = self._run(model, x, y, target)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                wall = time.perf_counter() - start
+                x_adv = out.x_adv.detach().clamp(lo, hi).contiguous()
+                pred_adv = model.predict(x_adv)
+        finally:
+            self.__dict__.pop("_pred_clean", None)
+            model.train(was_training)
         success = pred_adv == target if target is not None else pred_adv != y
         return AttackResult(x=x, x_adv=x_adv, y=y, success=success, pred_clean=pred_clean,
                             pred_adv=pred_adv, target=target, queries=out.queries, wall_time=wall,
@@ -120,3 +124,9 @@ class Attack:
     def _run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
              target: torch.Tensor | None) -> RunOutput:
         raise NotImplementedError
+
+    def clean_predictions(self) -> torch.Tensor | None:
+        """The model's predictions on the clean inputs of the call in progress (`__call__`
+        computes them once for the result; attacks that need them reuse them instead of
+        spending another forward pass), or None outside a call."""
+        return self.__dict__.get("_pred_clean")

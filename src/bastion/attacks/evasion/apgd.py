@@ -123,18 +123,22 @@ class APGD(Attack):
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         x_adv = x.clone()
         queries = torch.zeros(x.shape[0], device=x.device)
+        pred = self.clean_predictions()
         for i in range(0, x.shape[0], self.batch_size):
             sl = slice(i, i + self.batch_size)
             t = None if target is None else target[sl]
-            x_adv[sl], queries[sl] = self._attack_batch(model, x[sl], y[sl], t, gen)
+            x_adv[sl], queries[sl] = self._attack_batch(model, x[sl], y[sl], t, gen,
+                                                        None if pred is None else pred[sl])
         return RunOutput(x_adv, queries)
 
     def _attack_batch(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
-                      target: torch.Tensor | None, gen: torch.Generator
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Restarts on the points not yet successful; points already adversarial are kept."""
-        with torch.no_grad():
-            pred = model(x).argmax(-1)
+                      target: torch.Tensor | None, gen: torch.Generator,
+                      pred: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Restarts on the points not yet successful; points already adversarial (by the
+        clean predictions `pred`, computed here when not given) are kept."""
+        if pred is None:
+            with torch.no_grad():
+                pred = model(x).argmax(-1)
         done = pred == target if target is not None else pred != y
         x_out = x.clone()
         queries = torch.ones(x.shape[0], device=x.device)
