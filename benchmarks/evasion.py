@@ -5,6 +5,10 @@ correctly classified test images, same seed, on CPU (and CUDA when available):
 
 * pgd:      PGD-40 Linf eps 0.3 and APGD-CE 40 steps vs a bare forward+backward loop of
             40 steps; torchattacks, Foolbox and ART PGD, torchattacks APGD.
+* paired:   the same PGD-40 / APGD-CE cases as paired ratios: each pair runs a bare loop and
+            one attack back to back on a small batch (order alternating), many times; the
+            median of the per-pair ratios is robust to the slow load drift of a shared machine
+            that makes min-of-3 runs of several seconds differ by 40%.
 * cw:       C&W L2 vs torchattacks CW at the same optimiser budget (c, lr, steps); time,
             success and mean L2.
 * hsj:      HopSkipJump L2 vs ART at the same parameters (iterations, max/init evals),
@@ -134,11 +138,17 @@ def bench_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, repeats: int, steps:
             xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
         return xa
 
+    def bare_fast(passes: int = steps) -> torch.Tensor:
+        with model.fast_layout():  # the layout bastion's attacks run in (channels-last on CPU)
+            return bare(passes)
+
     cases: dict[str, Callable[[], Any]] = {
         "bare_loop": bare,
         # APGD takes one more gradient (at the random start) than it has steps: its honest
         # baseline is a bare loop with the same number of forward+backward passes
         "bare_loop_41": lambda: bare(steps + 1),
+        "bare_loop_fast_layout": bare_fast,
+        "bare_loop_41_fast_layout": lambda: bare_fast(steps + 1),
         "bastion_pgd": lambda: PGD(eps=eps, alpha=alpha, steps=steps)(model, x, y).x_adv,
         "bastion_apgd": lambda: APGD(eps=eps, steps=steps)(model, x, y).x_adv,
     }
@@ -169,10 +179,15 @@ def bench_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, repeats: int, steps:
     res = run_rounds(cases, repeats, dev)
     ratios = ratio_table(res, "bare_loop")
     apgd_ratios = {k: v for k, v in ratio_table(res, "bare_loop_41").items() if "apgd" in k}
+    same_layout = {k: v for k, v in ratio_table(res, "bare_loop_fast_layout").items()
+                   if k == "bastion_pgd"}
+    same_layout.update({k: v for k, v in ratio_table(res, "bare_loop_41_fast_layout").items()
+                        if k == "bastion_apgd"})
     robust = {k: float((model.predict(v["out"]) == y).float().mean()) for k, v in res.items()}
     return {"n": int(x.shape[0]), "steps": steps, "eps": eps,
             "cases": {k: {kk: vv for kk, vv in v.items() if kk != "out"} for k, v in res.items()},
             "ratios_vs_bare": ratios, "apgd_ratios_vs_bare_41_passes": apgd_ratios,
+            "bastion_ratios_vs_bare_same_layout": same_layout,
             "robust_accuracy": robust}
 
 
@@ -193,6 +208,76 @@ def _art_classifier(model: Any, x: torch.Tensor) -> Any:
     return PyTorchClassifier(model=F32(model), loss=torch.nn.CrossEntropyLoss(),
                              input_shape=tuple(x.shape[1:]), nb_classes=10, clip_values=(0.0, 1.0),
                              device_type="gpu" if x.device.type == "cuda" else "cpu")
+
+
+def bench_pgd_paired(model: Any, x: torch.Tensor, y: torch.Tensor, pairs: int, steps: int = 40
+                     ) -> dict[str, Any]:
+    """Median over `pairs` of time(attack) / time(bare loop), each pair run back to back."""
+    from bastion.attacks.evasion import APGD, PGD
+
+    eps, alpha = 0.3, 0.01
+    dev = x.device
+
+    def bare(passes: int, fast_layout: bool = False) -> Callable[[], torch.Tensor]:
+        def loop() -> torch.Tensor:
+            g0 = torch.Generator(device=dev).manual_seed(0)
+            xa = (x + eps * (torch.rand(x.shape, generator=g0, device=dev) * 2 - 1)).clamp(0, 1)
+            for _ in range(passes):
+                xa.requires_grad_(True)
+                loss = F.cross_entropy(model(xa), y)
+                (g,) = torch.autograd.grad(loss, xa)
+                xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+            return xa
+
+        def run() -> torch.Tensor:
+            if not fast_layout:
+                return loop()
+            with model.fast_layout():
+                return loop()
+        return run
+
+    # (name, candidate, baseline with the same number of forward+backward passes). Bastion
+    # attacks run in the model's fast layout (channels-last on CPU): the '_same_layout'
+    # pairs measure the attack's own overhead, the others what a user sees against the
+    # default-layout loop they would write.
+    cases: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+        ("bastion_pgd", lambda: PGD(eps=eps, alpha=alpha, steps=steps)(model, x, y), bare(steps)),
+        ("bastion_apgd", lambda: APGD(eps=eps, steps=steps)(model, x, y), bare(steps + 1)),
+        ("bastion_pgd_same_layout", lambda: PGD(eps=eps, alpha=alpha, steps=steps)(model, x, y),
+         bare(steps, True)),
+        ("bastion_apgd_same_layout", lambda: APGD(eps=eps, steps=steps)(model, x, y),
+         bare(steps + 1, True)),
+    ]
+    try:
+        import torchattacks
+        cases.append(("torchattacks_pgd", lambda: torchattacks.PGD(model, eps=eps, alpha=alpha,
+                                                                   steps=steps)(x, y), bare(steps)))
+        cases.append(("torchattacks_apgd", lambda: torchattacks.APGD(
+            model, norm="Linf", eps=eps, steps=steps, seed=0)(x, y), bare(steps + 1)))
+    except ImportError:
+        pass
+    ratios: dict[str, list[float]] = {k: [] for k, _, _ in cases}
+    for _, cand, base in cases:  # warm-up
+        cand()
+        base()
+    for r in range(pairs):
+        for k, cand, base in cases:
+            order = (base, cand) if r % 2 == 0 else (cand, base)
+            t = [timeit(f, dev)[0] for f in order]
+            tb, tc = (t[0], t[1]) if r % 2 == 0 else (t[1], t[0])
+            ratios[k].append(tc / tb)
+        print(f"  [{r + 1}/{pairs}] " + "  ".join(f"{k} x{v[-1]:.3f}" for k, v in ratios.items()),
+              flush=True)
+    out: dict[str, Any] = {"n": int(x.shape[0]), "steps": steps, "eps": eps, "pairs": pairs,
+                           "baseline": "bare loop with the same forward+backward passes "
+                                       "(40 for PGD, 41 for APGD), in the default layout or, "
+                                       "for '_same_layout', in the model's fast layout",
+                           "cases": {}}
+    for k, v in ratios.items():
+        q = statistics.quantiles(v, n=4) if len(v) >= 2 else [v[0]] * 3
+        out["cases"][k] = {"median_ratio": statistics.median(v), "q1": q[0], "q3": q[2],
+                           "ratios": v}
+    return out
 
 
 # --------------------------------------------------------------------------- C&W
@@ -488,12 +573,14 @@ def bench_memory(device: str, threads: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- main
 
-SECTIONS = ("pgd", "cw", "hsj", "ensemble", "memory", "gpu")
+SECTIONS = ("pgd", "paired", "cw", "hsj", "ensemble", "memory", "gpu")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500, help="images for PGD/APGD")
+    ap.add_argument("--n-paired", type=int, default=100, help="images per pair in 'paired'")
+    ap.add_argument("--pairs", type=int, default=15, help="pairs per case in 'paired'")
     ap.add_argument("--n-cw", type=int, default=100)
     ap.add_argument("--n-hsj", type=int, default=20)
     ap.add_argument("--hsj-iters", type=int, default=10)
@@ -504,8 +591,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--gpu-batches", type=int, default=8,
                     help="batches of 256 per call in the GPU section")
-    ap.add_argument("--only", default="pgd,cw,hsj,ensemble,memory,gpu",
-                    help="comma-separated sections: pgd, cw, hsj, ensemble, memory, gpu")
+    ap.add_argument("--only", default="pgd,paired,cw,hsj,ensemble,memory,gpu",
+                    help="comma-separated sections: pgd, paired, cw, hsj, ensemble, memory, gpu")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evasion.json"))
     ap.add_argument("--memory-probe", nargs=2, metavar=("KIND", "N"))
     args = ap.parse_args()
@@ -534,9 +621,17 @@ def main() -> None:
         result["pgd"] = bench_pgd(model, x, y, args.repeats)
         for k, v in [*result["pgd"]["ratios_vs_bare"].items(),
                      *((f"{k} / bare_41", v)
-                       for k, v in result["pgd"]["apgd_ratios_vs_bare_41_passes"].items())]:
+                       for k, v in result["pgd"]["apgd_ratios_vs_bare_41_passes"].items()),
+                     *((f"{k} / same layout", v)
+                       for k, v in result["pgd"]["bastion_ratios_vs_bare_same_layout"].items())]:
             print(f"  {k:24s} wall x{v['min_ratio']:.3f} (min) x{v['median_ratio']:.3f} (median)"
                   f"  cpu x{v['cpu_min_ratio']:.3f} (min) x{v['cpu_median_ratio']:.3f} (median)")
+    if "paired" in only:
+        print(f"PGD-40 / APGD paired ratios ({args.pairs} pairs, {args.n_paired} images)", flush=True)
+        x, y = images(model, args.n_paired)
+        result["paired"] = bench_pgd_paired(model, x, y, args.pairs)
+        for k, v in result["paired"]["cases"].items():
+            print(f"  {k:20s} median x{v['median_ratio']:.3f}  (quartiles {v['q1']:.3f}-{v['q3']:.3f})")
     if "cw" in only:
         print("C&W L2 vs torchattacks", flush=True)
         x, y = images(model, args.n_cw)
