@@ -49,6 +49,17 @@ def world(mnist_train, mnist_test):
     return pool, unseen
 
 
+def test_threaded_scoring_equals_one_model_at_a_time(world, mnist_train) -> None:
+    x, y = mnist_train.x[:300], mnist_train.y[:300]
+    sh = train_shadows(x, y, 10, OVERFIT, cache_dir=CACHE / "mia-overfit-v1", device="cpu")
+    one = compute_signals(sh.models[:4], x, y, sh.member[:, :4], workers=1)
+    two = compute_signals(sh.models[:4], x, y, sh.member[:, :4], workers=2)
+    assert torch.allclose(one.phi, two.phi, atol=1e-4) and torch.equal(one.correct, two.correct)
+    assert torch.allclose(one.probs, two.probs, atol=1e-6)
+    with pytest.raises(ConfigError, match="workers"):
+        compute_signals(sh.models[:1], x, y, workers=0)
+
+
 def _attacks(target: SignalMatrix, shadows: SignalMatrix) -> dict[str, torch.Tensor]:
     return {"lira": lira_online(target, shadows), "lira-offline": lira_offline(target, shadows),
             "rmia": rmia(target, shadows), "loss": loss_scores(target), "gap": gap_attack(target),

@@ -18,7 +18,9 @@ correct/incorrect flag (for the gap attack) are kept for the first (clean) query
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,10 +176,46 @@ def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return zy - torch.logsumexp(others, -1)
 
 
-@torch.no_grad()
+def _score_model(model: torch.nn.Module, i: int, x: torch.Tensor, y: torch.Tensor,
+                 queries: list[Callable[[torch.Tensor], torch.Tensor]], batch_size: int,
+                 phi: torch.Tensor, correct: torch.Tensor, probs: torch.Tensor | None) -> None:
+    """Fill column i of phi / correct / probs with model i's signals."""
+    n = int(x.shape[0])
+    model.eval()
+    dev = next(iter(model.parameters())).device
+    # oneDNN's channels-last convolution/pooling kernels are 2.5x faster on CPU than NCHW,
+    # with channels-last weights too and in cache-sized chunks (128: 1.2x faster than 1024 with a thread per model)
+    cl = dev.type == "cpu" and x.dim() == 4 and any(isinstance(mod, torch.nn.Conv2d) for mod in model.modules())
+    bs = min(batch_size, 128) if cl else batch_size
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            for s in range(0, n, bs):
+                xb = x[s:s + bs].to(dev)
+                if cl:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                yb = y[s:s + bs].to(dev)
+                for qi, t in enumerate(queries):
+                    logits = model(t(xb)).float()
+                    phi[s:s + len(xb), i, qi] = logit_confidence(logits, yb).cpu()
+                    if qi == 0:
+                        correct[s:s + len(xb), i] = (logits.argmax(-1) == yb).cpu()
+                        if probs is not None:
+                            probs[s:s + len(xb), i] = logits.softmax(-1).cpu()
+    finally:
+        if cl:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def _num_classes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(model.eval()(x[:1].to(next(iter(model.parameters())).device)).shape[-1])
+
+
 def compute_signals(models: Sequence[torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
                     member: torch.Tensor | None = None, augment: str = "none", batch_size: int = 1024,
-                    keep_probs: bool = True) -> SignalMatrix:
+                    keep_probs: bool = True, workers: int | None = None) -> SignalMatrix:
     """Query every model on every example (and augmentation) once.
 
     Args:
@@ -188,6 +226,9 @@ def compute_signals(models: Sequence[torch.nn.Module], x: torch.Tensor, y: torch
         augment: multi-query augmentation, see `query_transforms`.
         batch_size: examples per forward pass.
         keep_probs: also keep the clean prediction vectors (needed by Shokri's attack).
+        workers: CPU models scored at once, each on one thread (None: one per core when
+            there are several CPU models; small models scale far better this way than with
+            intra-op threads). GPU models are always scored one after another.
     """
     if len(models) == 0:
         raise ConfigError("compute_signals needs at least one model")
@@ -198,34 +239,33 @@ def compute_signals(models: Sequence[torch.nn.Module], x: torch.Tensor, y: torch
         member = torch.zeros(n, m, dtype=torch.bool)
     if tuple(member.shape) != (n, m):
         raise InputError(f"membership matrix must be [{n}, {m}] (examples x models), got {tuple(member.shape)}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     queries = query_transforms(augment)
     y = y.long()
     phi = torch.empty(n, m, len(queries))
     correct = torch.empty(n, m, dtype=torch.bool)
-    probs: torch.Tensor | None = None
-    for i, model in enumerate(models):
-        model.eval()
-        dev = next(iter(model.parameters())).device
-        # oneDNN's channels-last convolution/pooling kernels are much faster on CPU
-        cl = dev.type == "cpu" and x.dim() == 4 and any(isinstance(mod, torch.nn.Conv2d) for mod in model.modules())
-        # ... with channels-last weights too, and in cache-sized chunks (256 measured 2x faster than 1024)
-        bs = min(batch_size, 256) if cl else batch_size
-        if cl:
-            model.to(memory_format=torch.channels_last)
-        for s in range(0, n, bs):
-            xb = x[s:s + bs].to(dev)
-            if cl:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = y[s:s + bs].to(dev)
-            for qi, t in enumerate(queries):
-                logits = model(t(xb)).float()
-                phi[s:s + len(xb), i, qi] = logit_confidence(logits, yb).cpu()
-                if qi == 0:
-                    correct[s:s + len(xb), i] = (logits.argmax(-1) == yb).cpu()
-                    if keep_probs:
-                        if probs is None:
-                            probs = torch.empty(n, m, logits.shape[-1])
-                        probs[s:s + len(xb), i] = logits.softmax(-1).cpu()
-        if cl:
-            model.to(memory_format=torch.contiguous_format)
+    probs = torch.empty(n, m, _num_classes(models[0], x)) if keep_probs else None
+    on_cpu = all(next(iter(mod.parameters())).device.type == "cpu" for mod in models)
+    k = min(workers if workers is not None else _cores(), m) if on_cpu else 1
+    if k <= 1:
+        for i, model in enumerate(models):
+            _score_model(model, i, x, y, queries, batch_size, phi, correct, probs)
+    else:
+        # one Python thread per core, each running single-threaded kernels (they release the GIL)
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(k) as pool:
+                list(pool.map(lambda i: _score_model(models[i], i, x, y, queries, batch_size, phi,
+                                                     correct, probs), range(m)))
+        finally:
+            torch.set_num_threads(old)
     return SignalMatrix(phi, member.bool().cpu(), y.cpu(), correct, probs)
+
+
+def _cores() -> int:
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
