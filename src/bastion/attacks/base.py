@@ -100,20 +100,21 @@ class Attack:
         check_probabilities(model, x)
         was_training = model.training
         model.eval()
-        start = time.perf_counter()
         lo, hi = model.spec.bounds
         try:
             with model.fast_layout():
-                pred_clean = model.predict(x)
-                self.__dict__["_pred_clean"] = pred_clean
+                self.__dict__["_call_inputs"] = (model, x)
                 start = time.perf_counter()
                 out = self._run(model, x, y, target)
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                 wall = time.perf_counter() - start
                 x_adv = out.x_adv.detach().clamp(lo, hi).contiguous()
+                pred_clean = self.clean_predictions()
+                assert pred_clean is not None
                 pred_adv = model.predict(x_adv)
         finally:
+            self.__dict__.pop("_call_inputs", None)
             self.__dict__.pop("_pred_clean", None)
             model.train(was_training)
         success = pred_adv == target if target is not None else pred_adv != y
@@ -126,7 +127,12 @@ class Attack:
         raise NotImplementedError
 
     def clean_predictions(self) -> torch.Tensor | None:
-        """The model's predictions on the clean inputs of the call in progress (`__call__`
-        computes them once for the result; attacks that need them reuse them instead of
-        spending another forward pass), or None outside a call."""
-        return self.__dict__.get("_pred_clean")
+        """The model's predictions on the clean inputs of the call in progress, or None
+        outside a call. Computed once per call, on first use: the result needs them, so an
+        attack that also needs them gets them without another forward pass."""
+        if "_pred_clean" not in self.__dict__:
+            if "_call_inputs" not in self.__dict__:
+                return None
+            model, x = self.__dict__["_call_inputs"]
+            self.__dict__["_pred_clean"] = model.predict(x)
+        return self.__dict__["_pred_clean"]
