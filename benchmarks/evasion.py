@@ -121,14 +121,12 @@ def ratio_table(res: dict[str, dict[str, Any]], base: str) -> dict[str, dict[str
 
 # --------------------------------------------------------------------------- PGD / APGD
 
-def bench_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, repeats: int, steps: int = 40
-              ) -> dict[str, Any]:
-    from bastion.attacks.evasion import APGD, PGD
-
-    eps, alpha = 0.3, 0.01
-    dev = x.device
-
-    def bare(passes: int = steps) -> torch.Tensor:
+def bare_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, passes: int,
+             fast_layout: bool = False) -> torch.Tensor:
+    """The textbook Linf PGD loop: random start, `passes` forward+backward passes, sign step,
+    projection; in the attacks' layout (channels-last on CPU) when `fast_layout`."""
+    def loop() -> torch.Tensor:
+        dev = x.device
         g0 = torch.Generator(device=dev).manual_seed(0)
         xa = (x + eps * (torch.rand(x.shape, generator=g0, device=dev) * 2 - 1)).clamp(0, 1)
         for _ in range(passes):
@@ -138,9 +136,24 @@ def bench_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, repeats: int, steps:
             xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
         return xa
 
+    if not fast_layout:
+        return loop()
+    with model.fast_layout():
+        return loop()
+
+
+def bench_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, repeats: int, steps: int = 40
+              ) -> dict[str, Any]:
+    from bastion.attacks.evasion import APGD, PGD
+
+    eps, alpha = 0.3, 0.01
+    dev = x.device
+
+    def bare(passes: int = steps) -> torch.Tensor:
+        return bare_pgd(model, x, y, eps, alpha, passes)
+
     def bare_fast(passes: int = steps) -> torch.Tensor:
-        with model.fast_layout():  # the layout bastion's attacks run in (channels-last on CPU)
-            return bare(passes)
+        return bare_pgd(model, x, y, eps, alpha, passes, fast_layout=True)
 
     cases: dict[str, Callable[[], Any]] = {
         "bare_loop": bare,
@@ -219,22 +232,7 @@ def bench_pgd_paired(model: Any, x: torch.Tensor, y: torch.Tensor, pairs: int, s
     dev = x.device
 
     def bare(passes: int, fast_layout: bool = False) -> Callable[[], torch.Tensor]:
-        def loop() -> torch.Tensor:
-            g0 = torch.Generator(device=dev).manual_seed(0)
-            xa = (x + eps * (torch.rand(x.shape, generator=g0, device=dev) * 2 - 1)).clamp(0, 1)
-            for _ in range(passes):
-                xa.requires_grad_(True)
-                loss = F.cross_entropy(model(xa), y)
-                (g,) = torch.autograd.grad(loss, xa)
-                xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
-            return xa
-
-        def run() -> torch.Tensor:
-            if not fast_layout:
-                return loop()
-            with model.fast_layout():
-                return loop()
-        return run
+        return lambda: bare_pgd(model, x, y, eps, alpha, passes, fast_layout)
 
     # (name, candidate, baseline with the same number of forward+backward passes). Bastion
     # attacks run in the model's fast layout (channels-last on CPU): the '_same_layout'

@@ -9,6 +9,7 @@ lives *inside* the classifier, so attacks never see normalised space.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,6 +58,14 @@ def require(cond: bool, message: str) -> None:
 def default_device() -> torch.device:
     """CUDA when present, else CPU. Never requires a GPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -51,7 +51,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bastion.core import Classifier, ConfigError, InputError, InputSpec, resolve_device
+from bastion.core import (
+    Classifier,
+    ConfigError,
+    InputError,
+    InputSpec,
+    available_cores,
+    resolve_device,
+)
 from bastion.models import build_classifier
 from bastion.progress import task
 from bastion.training.fit import OPTIMIZERS
@@ -295,14 +302,6 @@ def _train_group(models: list[Classifier], x: torch.Tensor, y: torch.Tensor, idx
                 p.copy_(params[name][j])
             clf.eval()
     return losses
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return max(os.cpu_count() or 1, 1)
 
 
 def _process_worker(x: torch.Tensor, y: torch.Tensor, cfg: ShadowConfig, spec: InputSpec, num_classes: int,

@@ -18,7 +18,6 @@ correct/incorrect flag (for the gap attack) are kept for the first (clean) query
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bastion.core import ConfigError, InputError
+from bastion.core import ConfigError, InputError, available_cores
 
 AUGMENTATIONS = ("none", "flip", "shift", "flip+shift")
 
@@ -247,7 +246,7 @@ def compute_signals(models: Sequence[torch.nn.Module], x: torch.Tensor, y: torch
     correct = torch.empty(n, m, dtype=torch.bool)
     probs = torch.empty(n, m, _num_classes(models[0], x)) if keep_probs else None
     on_cpu = all(next(iter(mod.parameters())).device.type == "cpu" for mod in models)
-    k = min(workers if workers is not None else _cores(), m) if on_cpu else 1
+    k = min(workers if workers is not None else available_cores(), m) if on_cpu else 1
     if k <= 1:
         for i, model in enumerate(models):
             _score_model(model, i, x, y, queries, batch_size, phi, correct, probs)
@@ -262,10 +261,3 @@ def compute_signals(models: Sequence[torch.nn.Module], x: torch.Tensor, y: torch
         finally:
             torch.set_num_threads(old)
     return SignalMatrix(phi, member.bool().cpu(), y.cpu(), correct, probs)
-
-
-def _cores() -> int:
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return max(os.cpu_count() or 1, 1)
