@@ -18,6 +18,7 @@ correct/incorrect flag (for the gap attack) are kept for the first (clean) query
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bastion.core import ConfigError, InputError, available_cores
+from bastion.core import Classifier, ConfigError, InputError, available_cores
 
 AUGMENTATIONS = ("none", "flip", "shift", "flip+shift")
 
@@ -182,29 +183,20 @@ def _score_model(model: torch.nn.Module, i: int, x: torch.Tensor, y: torch.Tenso
     n = int(x.shape[0])
     model.eval()
     dev = next(iter(model.parameters())).device
-    # oneDNN's channels-last convolution/pooling kernels are 2.5x faster on CPU than NCHW,
-    # with channels-last weights too and in cache-sized chunks (128: 1.2x faster than 1024 with a thread per model)
-    cl = dev.type == "cpu" and x.dim() == 4 and any(isinstance(mod, torch.nn.Conv2d) for mod in model.modules())
-    bs = min(batch_size, 128) if cl else batch_size
-    if cl:
-        model.to(memory_format=torch.channels_last)
-    try:
-        with torch.no_grad():
-            for s in range(0, n, bs):
-                xb = x[s:s + bs].to(dev)
-                if cl:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                yb = y[s:s + bs].to(dev)
-                for qi, t in enumerate(queries):
-                    logits = model(t(xb)).float()
-                    phi[s:s + len(xb), i, qi] = logit_confidence(logits, yb).cpu()
-                    if qi == 0:
-                        correct[s:s + len(xb), i] = (logits.argmax(-1) == yb).cpu()
-                        if probs is not None:
-                            probs[s:s + len(xb), i] = logits.softmax(-1).cpu()
-    finally:
-        if cl:
-            model.to(memory_format=torch.contiguous_format)
+    # a Classifier scores in its fast layout (channels-last conv nets on CPU: 2.5x faster),
+    # in cache-sized chunks on CPU (128: 1.2x faster than 1024 with a thread per model)
+    bs = min(batch_size, 128) if dev.type == "cpu" else batch_size
+    layout = model.fast_layout() if isinstance(model, Classifier) else contextlib.nullcontext()
+    with layout, torch.no_grad():
+        for s in range(0, n, bs):
+            xb, yb = x[s:s + bs].to(dev), y[s:s + bs].to(dev)
+            for qi, t in enumerate(queries):
+                logits = model(t(xb)).float()
+                phi[s:s + len(xb), i, qi] = logit_confidence(logits, yb).cpu()
+                if qi == 0:
+                    correct[s:s + len(xb), i] = (logits.argmax(-1) == yb).cpu()
+                    if probs is not None:
+                        probs[s:s + len(xb), i] = logits.softmax(-1).cpu()
 
 
 def _num_classes(model: torch.nn.Module, x: torch.Tensor) -> int:
