@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from bastion.attacks.privacy.membership import compute_signals
-from bastion.core import InputSpec, resolve_device
+from bastion.core import InputSpec, available_cores, resolve_device
 from bastion.data import load
 from bastion.training.shadow import (
     ShadowConfig,
@@ -46,7 +46,6 @@ from bastion.training.shadow import (
     _sync,
     _train_group,
     _train_one,
-    available_cores,
     model_indices,
     pick_method,
     steps_per_model,

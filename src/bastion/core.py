@@ -219,6 +219,13 @@ class Classifier(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.module(self.normalize(x))
 
+    @property
+    def prefers_channels_last(self) -> bool:
+        """Whether this model runs faster in channels-last layout: a conv net on image
+        inputs, on CPU (oneDNN's NHWC kernels; on CUDA fp32 the default layout is kept)."""
+        return (self.device.type == "cpu" and len(self.spec.shape) == 3
+                and any(isinstance(m, nn.Conv2d) for m in self.module.modules()))
+
     @contextmanager
     def fast_layout(self) -> Iterator[None]:
         """Run the passes inside in the fastest memory layout (every attack runs in it).
@@ -229,10 +236,7 @@ class Classifier(nn.Module):
         the default layout to float rounding. Elsewhere (GPU, non-image inputs, no Conv2d)
         it changes nothing. Re-entrant.
         """
-        use = (not getattr(self, "_channels_last", False) and self.device.type == "cpu"
-               and len(self.spec.shape) == 3
-               and any(isinstance(m, nn.Conv2d) for m in self.module.modules()))
-        if not use:
+        if getattr(self, "_channels_last", False) or not self.prefers_channels_last:
             yield
             return
         self.module.to(memory_format=torch.channels_last)

@@ -197,17 +197,10 @@ def _make_opt(params: Any, cfg: ShadowConfig) -> torch.optim.Optimizer:
         return cls(params, **kw)
 
 
-def _channels_last(clf: Classifier, x: torch.Tensor) -> bool:
-    """Whether to train in channels-last format: on CPU, for image inputs into 2-D
-    convolutions (oneDNN's channels-last convolution and pooling kernels are markedly
-    faster there; on CUDA fp32 the default layout is kept)."""
-    return (x.device.type == "cpu" and x.dim() == 4
-            and any(isinstance(m, torch.nn.Conv2d) for m in clf.modules()))
-
-
 def _prepare(clf: Classifier, x: torch.Tensor) -> torch.Tensor:
-    """Put `clf` and the training inputs in the fastest layout; returns the inputs."""
-    if _channels_last(clf, x):
+    """Put `clf` and the training inputs in the fastest layout (the trained model keeps
+    it); returns the inputs."""
+    if clf.prefers_channels_last and x.dim() == 4:
         clf.module.to(memory_format=torch.channels_last)
         return x.contiguous(memory_format=torch.channels_last)
     return x
