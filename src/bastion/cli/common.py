@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -12,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bastion.core import ConfigError
+from bastion.fileio import strict_json
 
 # Human-readable output goes to stderr so that `--json` leaves stdout clean for scripts.
 # Logs and CI pipes are not terminals; rich would squeeze tables into 80 columns there.
@@ -25,21 +23,9 @@ DEVICE_OPTION = typer.Option("auto", "--device", help="auto (CUDA when present),
 ROOT_OPTION = typer.Option(None, "--root", help="Folder (or .npz file) of an on-disk data set.")
 
 
-def _clean(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, Path):
-        return str(o)
-    return o
-
-
 def to_json(obj: Any) -> str:
     """Strict JSON (NaN/inf become null) with a fallback to str for odd types."""
-    return json.dumps(_clean(obj), indent=2, default=str, allow_nan=False)
+    return strict_json(obj)
 
 
 def emit(obj: Any, as_json: bool) -> None:
