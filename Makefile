@@ -31,8 +31,15 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not crosscheck and not slow"
 
 # Optional: compares results with torchattacks / Foolbox / ART (installs them first).
+# The peers must not replace the torch under test: a constraints file pins the installed
+# torch, and torchattacks (whose metadata requires torchvision, which pulls a CUDA torch,
+# though it never imports it) goes in with --no-deps after its light dependencies.
+CROSSCHECK_PEERS := 'foolbox>=3.3' 'adversarial-robustness-toolbox>=1.17'
+TORCHATTACKS_DEPS := 'scipy>=0.14' 'tqdm>=4.56' 'requests>=2.24' 'numpy>=1.19'
 crosscheck: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[crosscheck]'
+	$(BIN)/python -c 'import torch; print(f"torch=={torch.__version__}")' > $(VENV)/torch-pin.txt
+	$(BIN)/python -m pip install -q -c $(VENV)/torch-pin.txt $(CROSSCHECK_PEERS) $(TORCHATTACKS_DEPS)
+	$(BIN)/python -m pip install -q --no-deps -c $(VENV)/torch-pin.txt 'torchattacks>=3.5'
 	$(BIN)/python -m pytest -q -m crosscheck
 
 bench: $(STAMP)

@@ -11,7 +11,7 @@ Two parts, each short enough to run under the shared CPU lock:
     threads and with one thread;
   * M models stacked + vmap (M = 8, 32);
   * the 'process' path's rate: one-thread steps, divided by the workers that run at once;
-  and the path `method='auto'` picks for 256 models (with its probe figures).
+  and the path `method='auto-timed'` picks for 256 models (with its probe figures).
 - `--part e2e --models N`: trains N shadow models end to end with `method` (default auto)
   into a resumable cache (`--stop-after K` trains at most K new ones, so 256 models can be
   trained in several locked pieces; the wall times of the pieces add up), then scores

@@ -286,3 +286,51 @@ def test_audit_section(trained_model, mnist_train, mnist_test, tmp_path):
     assert out.figures and out.figures[0].png[:4] == b"\x89PNG"
     with pytest.raises(ConfigError):
         get_section("membership")(ctx, {"attacks": ["lira"], "shadows": 1})
+
+
+def test_truncated_signals_cache_is_reported_and_recomputed(tmp_path, mnist_train, capsys):
+    from bastion.attacks.privacy.membership.runner import _signals_cached
+
+    tiny = ShadowConfig(arch="mlp", arch_args={"hidden": [16]}, epochs=1, batch_size=50, method="loop")
+    x, y = mnist_train.x[:120], mnist_train.y[:120]
+    sh = train_shadows(x, y, 2, tiny, device="cpu")
+    first = _signals_cached(sh.models, x, y, sh.member, "none", tmp_path, "pool")
+    (path,) = tmp_path.glob("signals-*.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    again = _signals_cached(sh.models, x, y, sh.member, "none", tmp_path, "pool")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: cached membership signals")
+    assert torch.equal(again.phi, first.phi) and torch.equal(again.member, first.member)
+    assert path.read_bytes() == data                       # rewritten whole
+    assert not list(tmp_path.glob(".*.tmp"))
+    _signals_cached(sh.models, x, y, sh.member, "none", tmp_path, "pool")
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_mia_caches_under_out_never_in_the_current_folder(trained_model, tmp_path, capsys,
+                                                              monkeypatch):
+    from bastion.cli.main import run
+    from bastion.models import save_classifier
+
+    clf = trained_model("mlp", epochs=1, hidden=[32])
+    ckpt = save_classifier(tmp_path / "t.st", clf, dataset="mnist-5k")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    args = ["mia", "--model", str(ckpt), "--attack", "lira-offline", "--shadows", "2",
+            "--shadow-epochs", "1", "--eval-size", "50", "--pool-size", "200", "--method", "loop",
+            "--json"]
+    assert run([*args, "--out", str(tmp_path / "o")]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert list(cwd.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "o" / "shadows").glob("*/model-*.safetensors")) == [
+        "model-00000.safetensors", "model-00001.safetensors"]
+    st = rep["threat_model"]["shadow_training"]
+    assert st["method"] == "loop" and st["threads"] == torch.get_num_threads()
+    assert run([*args, "--out", str(tmp_path / "o")]) == 0            # resumes from --out
+    assert json.loads(capsys.readouterr().out)["threat_model"]["shadow_training"]["trained"] == 0
+    assert run(args) == 0                                             # no --out: no cache at all
+    capsys.readouterr()
+    assert list(cwd.iterdir()) == []

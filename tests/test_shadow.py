@@ -141,3 +141,131 @@ def test_bad_inputs(pool):
         train_shadows(x[:, :, :20], y, 2, ShadowConfig(**{**TINY.__dict__, "arch": "cnn-small", "arch_args": {},
                                                           "spec": __import__("bastion").core.InputSpec((1, 28, 28))}),
                       device="cpu")
+
+
+def test_auto_is_a_fixed_rule_not_a_timing(pool, monkeypatch):
+    """'auto' never times (the recorded method used to change between identical runs)."""
+    import bastion.training.shadow as sh
+    from bastion.training.shadow import choose_method
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert choose_method(TINY, True, 1, 200, cpu, cores=4) == "loop"
+    assert choose_method(TINY, True, 8, 200, gpu, cores=4) == "vmap"
+    assert choose_method(TINY, False, 8, 200, gpu, cores=4) == "loop"
+    assert choose_method(TINY, True, 8, 200, cpu, cores=1) == "vmap"        # 1 core: no workers
+    assert choose_method(TINY, True, 8, 200, cpu, cores=2) == "vmap"        # 8 x 4 steps: too few
+    big = ShadowConfig(**{**TINY.__dict__, "epochs": 10, "batch_size": 32})
+    assert choose_method(big, True, 64, 2000, cpu, cores=2) == "process"   # 64 x 320 steps
+    assert choose_method(big, True, 64, 2000, cpu, cores=8) == "process"
+    monkeypatch.setattr(sh, "pick_method", lambda *a, **k: pytest.fail("auto must not time"))
+    x, y = pool
+    auto = ShadowConfig(**{**TINY.__dict__, "method": "auto"})
+    runs = [train_shadows(x, y, 2, auto, device="cpu") for _ in range(2)]
+    assert runs[0].method == runs[1].method == choose_method(auto, True, 2, 200, torch.device("cpu"))
+    for a, b in zip(runs[0].models, runs[1].models, strict=True):
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.equal(pa, pb)            # same seed, same thread count: bit-identical
+    with pytest.raises(ConfigError):
+        ShadowConfig(method="fastest").validate()
+    ShadowConfig(method="auto-timed").validate()
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_truncated_cached_model_is_reported_and_retrained(pool, tmp_path, capsys):
+    x, y = pool
+    first = train_shadows(x, y, 2, TINY, cache_dir=tmp_path, device="cpu")
+    assert not list(tmp_path.glob(".*.tmp"))                 # atomic writes leave no temporaries
+    _truncate(tmp_path / "model-00001.safetensors")
+    capsys.readouterr()
+    again = train_shadows(x, y, 2, TINY, cache_dir=tmp_path, device="cpu")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: cached shadow model")
+    assert "model-00001" in err[0] and "retraining" in err[0]
+    assert again.loaded == 1 and again.trained == 1
+    for a, b in zip(first.models[1].parameters(), again.models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    third = train_shadows(x, y, 2, TINY, cache_dir=tmp_path, device="cpu")   # repaired
+    assert third.loaded == 2 and capsys.readouterr().err == ""
+    (tmp_path / "model-00000.safetensors").write_bytes(b"")                # empty file
+    assert train_shadows(x, y, 2, TINY, cache_dir=tmp_path, device="cpu").trained == 1
+
+
+def test_truncated_cache_config_is_reported_and_rebuilt(pool, tmp_path, capsys):
+    import json
+
+    x, y = pool
+    train_shadows(x, y, 2, TINY, cache_dir=tmp_path, device="cpu")
+    _truncate(tmp_path / "config.json")
+    capsys.readouterr()
+    again = train_shadows(x, y, 2, TINY, cache_dir=tmp_path, device="cpu")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: shadow cache file") and "config.json" in err[0]
+    assert again.trained == 2 and again.loaded == 0             # nothing vouches for the old models
+    assert json.loads((tmp_path / "config.json").read_text())["pool_size"] == 200
+    assert train_shadows(x, y, 2, TINY, cache_dir=tmp_path, device="cpu").loaded == 2
+
+
+SCRIPT = """
+import sys
+import torch
+from bastion.training.shadow import ShadowConfig, train_shadows, unguarded_main_script
+cfg = ShadowConfig(arch="mlp", arch_args={"hidden": [8]}, epochs=int(sys.argv[2]),
+                   batch_size=int(sys.argv[3]), method=sys.argv[1], workers=2)
+x, y = torch.rand(40, 1, 4, 4), torch.arange(40) % 2
+"""
+
+
+@pytest.mark.parametrize("method", ["process", "auto"])
+def test_process_training_from_a_script_without_main_guard(tmp_path, method):
+    """A script calling shadow training at its top level: 'process' explains the missing
+    `if __name__ == "__main__":` guard before starting any worker (it used to report that
+    the workers died, out of memory?); 'auto' falls back to an in-process path."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "user_script.py"
+    script.write_text(SCRIPT + "sh = train_shadows(x, y, 4, cfg, device='cpu', progress=False)\n"
+                      "print('METHOD', sh.method)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+           "OMP_NUM_THREADS": "1"}
+    # 'auto' would pick worker processes here: 4 models x 25 epochs x 20 steps
+    args = [method, "1", "50"] if method == "process" else [method, "25", "1"]
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert time.perf_counter() - t < 60
+    if method == "process":
+        assert done.returncode != 0
+        last = done.stderr.strip().splitlines()[-1]
+        assert "ConfigError" in last and '__name__ == "__main__"' in last and "user_script.py" in last
+        assert "died" not in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "METHOD vmap" in done.stdout
+
+
+def test_main_guard_detection_accepts_a_guarded_script(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "guarded.py"
+    script.write_text(SCRIPT + "def main():\n    print('UNGUARDED', unguarded_main_script())\n"
+                      "if __name__ == '__main__':\n    main()\nelse:\n    pass\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    out = subprocess.run([sys.executable, str(script), "loop", "1", "50"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "UNGUARDED None" in out.stdout
+    bare = tmp_path / "bare.py"
+    bare.write_text(SCRIPT + "def main():\n    print('UNGUARDED', unguarded_main_script())\nmain()\n")
+    out = subprocess.run([sys.executable, str(bare), "loop", "1", "50"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0 and f"UNGUARDED {bare}" in out.stdout

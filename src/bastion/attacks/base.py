@@ -9,7 +9,8 @@ predictions, success and the result object, so every attack behaves the same way
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -52,6 +53,30 @@ def check_probabilities(model: Classifier, x: torch.Tensor) -> None:
         if torch.allclose(out.sum(-1), torch.ones(out.shape[0], device=out.device), atol=1e-4):
             raise InputError("the model returns probabilities (rows in [0, 1] summing to 1); "
                              "attacks need logits: remove the final softmax")
+
+
+@contextmanager
+def default_layout(model: Classifier) -> Iterator[None]:
+    """Run the passes inside in the model's own (default, contiguous) memory layout, even
+    when an enclosing `fast_layout` is active (an attack called by an ensemble). Logits in
+    channels-last differ by float rounding (about 1e-6), which flips the label of an example
+    a minimum-norm attack leaves on the boundary; success is therefore judged here."""
+    if not getattr(model, "_channels_last", False):
+        yield
+        return
+    model.module.to(memory_format=torch.contiguous_format)
+    model._channels_last = False
+    try:
+        yield
+    finally:
+        model.module.to(memory_format=torch.channels_last)
+        model._channels_last = True
+
+
+def own_predictions(model: Classifier, x: torch.Tensor) -> torch.Tensor:
+    """The model's own forward-pass labels for `x`, in its default layout."""
+    with default_layout(model):
+        return model.predict(x.contiguous())
 
 
 @dataclass
@@ -110,9 +135,10 @@ class Attack:
                     torch.cuda.synchronize(dev)
                 wall = time.perf_counter() - start
                 x_adv = out.x_adv.detach().clamp(lo, hi).contiguous()
-                pred_clean = self.clean_predictions()
-                assert pred_clean is not None
-                pred_adv = model.predict(x_adv)
+            # Success is decided by the model's own forward pass on the returned batch, in
+            # its own layout: never by the attack's internal (fast-layout) logits.
+            pred_clean = own_predictions(model, x)
+            pred_adv = own_predictions(model, x_adv)
         finally:
             self.__dict__.pop("_call_inputs", None)
             self.__dict__.pop("_pred_clean", None)

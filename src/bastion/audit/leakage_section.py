@@ -16,7 +16,9 @@ configured initialisation and gradient defense.
 The gradient is computed at the audited model's weights (or the re-initialised copy) on
 the victim examples; the attacker gets only that payload. Every (init, defense) run is
 one resumable step. Output: a table (ASR, iterations to success, MSE, PSNR, SSIM, label
-accuracy, seconds) and a grid of originals versus reconstructions.
+accuracy, iterations run and why the attacks stopped, seconds) and a grid of originals
+versus reconstructions. The figures come from long float32 optimisations whose reduction
+order depends on the intra-op thread count, so each row records `threads`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from bastion.audit.sections import (
 from bastion.core import ConfigError
 
 MAX_GRID = 8
+COLUMNS = ["attack", "init", "defense", "n", "asr", "iterations_to_success", "mse", "nmse", "psnr",
+           "ssim", "label_accuracy", "iterations", "stop_reason", "seconds_per_attack"]
 
 
 class LeakageSpec(BaseModel):
@@ -127,6 +131,9 @@ def attack_examples(model: Any, x: torch.Tensor, y: torch.Tensor, attack: str, i
     succ = torch.cat([r.success for r in per]).float()
     its = torch.cat([r.iterations_to_success for r in per])
     ok = its[its >= 0].float()
+    reasons: dict[str, int] = {}
+    for r in per:
+        reasons[r.stop_reason] = reasons.get(r.stop_reason, 0) + 1
     row = {
         "attack": attack, "init": init, "defense": defense, "n": int(succ.numel()),
         "asr": float(succ.mean()),
@@ -136,6 +143,9 @@ def attack_examples(model: Any, x: torch.Tensor, y: torch.Tensor, attack: str, i
         "psnr": float(torch.cat([r.psnr for r in per]).clamp(max=99).mean()),
         "ssim": float(torch.cat([r.ssim for r in per]).mean()) if per[0].ssim is not None else None,
         "label_accuracy": sum(r.label_accuracy or 0.0 for r in per) / len(per),
+        "iterations": sum(r.iterations for r in per) / len(per), "max_iter": cfg.max_iter,
+        "stop_reason": ", ".join(f"{k} x{v}" if len(per) > 1 else k for k, v in sorted(reasons.items())),
+        "stop_reasons": reasons, "threads": torch.get_num_threads(),
         "seconds_per_attack": sum(r.wall_time for r in per) / len(per),
     }
     return row, torch.cat(recs)
@@ -175,8 +185,7 @@ def run_leakage_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput
             t = ctx.load_tensors(key)
             if t is not None:
                 grid.append((f"{init}\n{defense}", t["reconstruction"]))
-    cols = ["attack", "init", "defense", "n", "asr", "iterations_to_success", "mse", "nmse", "psnr",
-            "ssim", "label_accuracy", "seconds_per_attack"]
+    cols = COLUMNS
     out.tables.append(ReportTable("Gradient leakage", cols, [[r.get(c) for c in cols] for r in rows]))
     out.summary = {"attack": spec.attack, "n": n, "batch": spec.batch, "max_iter": spec.max_iter,
                    "uniform_init": spec.uniform_init, "runs": rows,

@@ -47,7 +47,7 @@ def leak_cmd(
 ) -> None:
     """Reconstruct private examples from the gradients they produce on a model."""
     from bastion.attacks.privacy.leakage import make_config, uniform_init_
-    from bastion.audit.leakage_section import attack_examples, grid_figure
+    from bastion.audit.leakage_section import COLUMNS, attack_examples, grid_figure
     from bastion.core import ConfigError, seed_everything
     from bastion.data import load
     from bastion.defenses.gradient import parse_defense
@@ -80,8 +80,7 @@ def leak_cmd(
     x, y = ds.x[:k], ds.y[:k]
     row, rec = attack_examples(clf, x, y, attack, cfg_probe.init, defense or "none", batch,
                                cfg_probe.max_iter, seed, params, init_pool=(other.x[:500], other.y[:500]))
-    cols = ["attack", "init", "defense", "n", "asr", "iterations_to_success", "mse", "nmse", "psnr",
-            "ssim", "label_accuracy", "seconds_per_attack"]
+    cols = COLUMNS
     console.print(table(f"gradient leakage on {clf.name} ({name} {split}, batch {batch})", cols,
                         [[row.get(c) for c in cols]]))
     report = {"model": str(model), "data": name, "split": split, "batch": batch,
@@ -90,10 +89,11 @@ def leak_cmd(
                                     seed=seed, **params).to_dict()}
     if out is not None:
         from bastion.audit.sections import fig_to_png
+        from bastion.fileio import atomic_write
         out.mkdir(parents=True, exist_ok=True)
         label = f"{attack} {cfg_probe.init}" + (f" {defense}" if defense else "")
-        (out / "leak.png").write_bytes(fig_to_png(grid_figure(x, [(label, rec)],
+        atomic_write(out / "leak.png", fig_to_png(grid_figure(x, [(label, rec)],
                                                               f"{attack}: originals vs reconstructions")))
-        (out / "leak.json").write_text(to_json(report))
+        atomic_write(out / "leak.json", to_json(report))
         console.print(f"[green]wrote[/] {out / 'leak.png'}  {out / 'leak.json'}", highlight=False)
     emit(report, as_json)

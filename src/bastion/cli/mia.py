@@ -36,7 +36,8 @@ def mia_cmd(
     attacker_data: str = typer.Option("auto", "--attacker-data",
                                       help="pool (contains the candidates) | disjoint | auto."),
     cache: Path = typer.Option(None, "--cache", help="Shadow-model cache folder (resumable). "
-                               "Default: .cache/shadows/<checkpoint name>."),
+                               "Default: <--out>/shadows; with neither --out nor --cache "
+                               "nothing is cached."),
     eval_size: int = typer.Option(1000, "--eval-size", help="Members and non-members each among the candidates."),
     members: str = typer.Option("train", "--members", help="Split the target was trained on."),
     nonmembers: str = typer.Option("test", "--nonmembers", help="Split the target never saw."),
@@ -72,7 +73,7 @@ def mia_cmd(
         raise ConfigError("--members and --nonmembers must be different splits")
     target = load_classifier(model, device=device)
     mem, non = load(data, members, root=root), load(data, nonmembers, root=root)
-    cache = cache or Path(".cache") / "shadows" / model.stem
+    cache = cache if cache is not None else (out / "shadows" if out is not None else None)
     console.print(f"target {model} ({meta.get('arch')}); {len(mem)} members ({members}), {len(non)} "
                   f"non-members ({nonmembers}); attacker data: {mode}", highlight=False)
     rep = audit_membership(target, mem, non, cfg, cache_dir=cache,

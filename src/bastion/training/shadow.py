@@ -16,9 +16,13 @@ halves of a data pool. This module trains them
 
 On CPU, conv nets train in channels-last memory format (faster oneDNN convolution and
 max-pooling kernels) and Adam/SGD use the fused single-kernel update where available.
-`method='auto'` times a few steps of each path on the current device and keeps the one
-with the lowest predicted total time (vmap wins on a CUDA GPU, worker processes on a
-multi-core CPU once there are enough models to amortise their start-up).
+`method='auto'` picks a path by a fixed rule (`choose_method`: device, cores, number of
+models and training steps; never by timing, so the same run records the same method on
+every attempt): vmap on a CUDA GPU, worker processes on a multi-core CPU once there are
+enough training steps to amortise their start-up, else vmap (or the loop for BatchNorm
+models). `method='auto-timed'` instead times a few steps of each path and keeps the
+fastest (faster on unusual hardware, but the choice can change between runs). All paths
+train the same models up to float rounding, so results do not depend on the choice.
 
 Split design: models come in complementary pairs. Pair k draws a seeded random half H_k of
 the pool; model 2k trains on H_k and model 2k+1 on the rest. So for any even number of
@@ -28,20 +32,22 @@ models). Model i's initialisation and minibatch order are seeded by (seed, i) on
 loop and vmap paths produce the same models up to floating-point rounding.
 
 Cache layout (`cache_dir`): `config.json` (training config + a fingerprint of the pool),
-`model-00042.safetensors` per finished model (written atomically), and
-`membership.safetensors` (the [N, M] bool membership matrix). Models already in the cache
-are loaded, never retrained; an interrupted run continues where it stopped.
+`model-00042.safetensors` per finished model, and `membership.safetensors` (the [N, M]
+bool membership matrix), all written atomically and fsync'd (`bastion.fileio`). Models
+already in the cache are loaded, never retrained; an interrupted run continues where it
+stopped. A truncated or corrupt cached file (config or model) is reported in one warning
+line on stderr and recomputed.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import hashlib
 import json
-import os
 import queue
-import tempfile
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -59,13 +65,17 @@ from bastion.core import (
     available_cores,
     resolve_device,
 )
+from bastion.fileio import atomic_path, atomic_write
 from bastion.models import build_classifier
 from bastion.progress import task
 from bastion.training.fit import OPTIMIZERS
 
-METHODS = ("auto", "loop", "vmap", "process")
+METHODS = ("auto", "auto-timed", "loop", "vmap", "process")
 # seconds to start one worker process (import torch + bastion), used by the auto pick
 PROCESS_STARTUP_S = 4.0
+# 'auto' on a multi-core CPU uses worker processes from this many optimizer steps in total
+# (all models together): below it, their start-up outweighs the gain
+PROCESS_MIN_STEPS = 2000
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,8 @@ class ShadowConfig:
         optimizer: 'adam' or 'sgd' (momentum 0.9).
         weight_decay: L2 penalty.
         seed: base seed; model i uses seeds derived from (seed, i) only.
-        method: 'auto' (time the paths, keep the fastest), 'loop', 'vmap' or 'process'.
+        method: 'auto' (a fixed rule, see `choose_method`), 'auto-timed' (time the
+            paths, keep the fastest), 'loop', 'vmap' or 'process'.
         group_size: models trained together by the vmap path (memory grows linearly).
         workers: worker processes of the 'process' path; None = one per available core.
         spec: input spec of the models (shape, bounds, normalisation); None = from the data.
@@ -319,6 +330,60 @@ def _process_worker(x: torch.Tensor, y: torch.Tensor, cfg: ShadowConfig, spec: I
             return
 
 
+def _death_message(codes: Sequence[int | None]) -> str:
+    """Why every worker died, from their exit codes (-9: SIGKILL, typically the OOM killer)."""
+    killed = any(c is not None and c < 0 for c in codes)
+    why = ("killed by a signal (out of memory?)" if killed else
+           "exited with an error before training (see their messages above; a script that "
+           "starts shadow training must do so under `if __name__ == \"__main__\":`)")
+    return (f"all shadow-training worker processes died, {why}; exit codes {list(codes)}; "
+            "finished models are kept in the cache")
+
+
+def _guards_main(node: ast.stmt) -> bool:
+    """Whether `node` is `if __name__ == "__main__":` (either operand order)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+        return False
+    t = node.test
+    if len(t.ops) != 1 or not isinstance(t.ops[0], ast.Eq):
+        return False
+    sides = [t.left, t.comparators[0]]
+    names = [x.id for x in sides if isinstance(x, ast.Name)]
+    consts = [x.value for x in sides if isinstance(x, ast.Constant)]
+    return names == ["__name__"] and consts == ["__main__"]
+
+
+def unguarded_main_script() -> str | None:
+    """The user's script when this call runs from its top level outside an
+    `if __name__ == "__main__":` block, else None.
+
+    Worker processes start with the 'spawn' method, which re-imports the main script in
+    every worker; without the guard each worker would run the script's training again and
+    die while bootstrapping (Python's multiprocessing "safe importing of main module"
+    rule), which used to surface as "worker processes died"."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path:
+        return None
+    frame = sys._getframe(1)
+    top = None
+    while frame is not None:
+        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
+            top = frame
+        frame = frame.f_back
+    if top is None:
+        return None
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    line = top.f_lineno
+    for node in tree.body:
+        if _guards_main(node) and node.lineno <= line <= (node.end_lineno or node.lineno):
+            return None
+    return str(path)
+
+
 def _train_processes(todo: Sequence[int], x: torch.Tensor, y: torch.Tensor, cfg: ShadowConfig,
                      spec: InputSpec, num_classes: int, workers: int,
                      finish: Callable[[int, Classifier, list[float]], None]) -> None:
@@ -346,8 +411,7 @@ def _train_processes(todo: Sequence[int], x: torch.Tensor, y: torch.Tensor, cfg:
                 i, sd, ls = results.get(timeout=5.0)
             except queue.Empty:
                 if not any(pr.is_alive() for pr in procs):
-                    raise RuntimeError("all shadow-training worker processes died (out of memory?); "
-                                       "finished models are kept in the cache") from None
+                    raise RuntimeError(_death_message([pr.exitcode for pr in procs])) from None
                 continue
             if sd is None:
                 raise RuntimeError(f"shadow model {i} failed in a worker process: {ls}")
@@ -372,14 +436,43 @@ def _train_processes(todo: Sequence[int], x: torch.Tensor, y: torch.Tensor, cfg:
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def warn(msg: str) -> None:
+    """One warning line on stderr (a corrupt cache file that is being recomputed)."""
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The cache's config.json, or None (after a warning) when it is truncated or corrupt."""
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        old = None
+    if not isinstance(old, dict):
+        warn(f"shadow cache file {path} is corrupt or truncated; rebuilding the models of "
+             f"{path.parent}")
+        return None
+    return old
+
+
+def _load_cached_model(path: Path, cfg: ShadowConfig, spec: InputSpec, k: int, i: int) -> Classifier | None:
+    """Cached model i, or None (after a warning, the file removed) when it is unreadable."""
+    from safetensors.torch import load_file
+
+    clf = build_classifier(cfg.arch, spec, k, cfg.arch_args, device="cpu", name=f"shadow-{i}")
+    try:
+        state = load_file(str(path))
+        clf.module.load_state_dict(state, strict=True)
+        if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+            raise ValueError("non-finite weights")
+    except Exception as e:  # safetensors raises its own error type for a bad header
+        warn(f"cached shadow model {path} is corrupt or truncated ({type(e).__name__}); retraining it")
+        path.unlink(missing_ok=True)
+        return None
+    return clf
 
 
 @dataclass
@@ -428,6 +521,30 @@ def _num_threads(k: int) -> Any:
 def steps_per_model(cfg: ShadowConfig, pool_size: int) -> int:
     """Optimizer steps one model takes on its half of a pool of `pool_size` examples."""
     return cfg.epochs * -(-(pool_size // 2) // cfg.batch_size)
+
+
+def choose_method(cfg: ShadowConfig, vmappable: bool, num_models: int, pool_size: int,
+                  device: torch.device, cores: int | None = None) -> str:
+    """The path `method='auto'` takes, by a fixed rule (never by timing, so the choice and
+    the recorded method are the same on every run of the same job on the same machine):
+
+    - one model: 'loop';
+    - GPU: 'vmap' (BatchNorm models: 'loop');
+    - CPU with >= 2 workers (one per available core, or `cfg.workers`) and at least
+      `PROCESS_MIN_STEPS` optimizer steps over all models: 'process' (small conv nets
+      scale badly over intra-op threads; one model per core wins once the workers'
+      start-up is amortised);
+    - otherwise 'vmap' (BatchNorm models: 'loop').
+    """
+    if num_models < 2:
+        return "loop"
+    stacked = "vmap" if vmappable else "loop"
+    if device.type != "cpu":
+        return stacked
+    workers = min(cfg.workers or (available_cores() if cores is None else cores), num_models)
+    if workers >= 2 and num_models * steps_per_model(cfg, pool_size) >= PROCESS_MIN_STEPS:
+        return "process"
+    return stacked
 
 
 def pick_method(cfg: ShadowConfig, spec: InputSpec, num_classes: int, x: torch.Tensor, y: torch.Tensor,
@@ -520,16 +637,17 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
     cache = Path(cache_dir) if cache_dir is not None else None
     record = {"recipe": cfg.recipe(), "pool": fingerprint(x, y), "pool_size": n, "num_classes": k,
               "format": 1}
+    trusted = True
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         cfg_path = cache / "config.json"
-        if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            if old != json.loads(json.dumps(record, default=str)):
-                raise ConfigError(f"shadow cache {cache} was built with another recipe or data pool; "
-                                  "use a fresh --cache folder (or delete this one)")
-        else:
-            cfg_path.write_text(json.dumps(record, indent=2, default=str))
+        old = _read_record(cfg_path) if cfg_path.exists() else None
+        if old is not None and old != json.loads(json.dumps(record, default=str)):
+            raise ConfigError(f"shadow cache {cache} was built with another recipe or data pool; "
+                              "use a fresh --cache folder (or delete this one)")
+        if old is None:
+            trusted = not cfg_path.exists()   # a corrupt record vouches for no model
+            atomic_write(cfg_path, json.dumps(record, indent=2, default=str))
 
     xd, yd = x.to(dev), y.to(dev).long()
     if cache is not None:
@@ -538,14 +656,13 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
     models: list[Classifier | None] = [None] * num_models
     loaded = 0
     if cache is not None:
-        from safetensors.torch import load_file
         for i in range(num_models):
             p = cache / f"model-{i:05d}.safetensors"
-            if p.exists():
-                clf = build_classifier(cfg.arch, spec, k, cfg.arch_args, device="cpu", name=f"shadow-{i}")
-                clf.module.load_state_dict(load_file(str(p)), strict=True)
-                models[i] = clf.to(dev).eval()
-                loaded += 1
+            if p.exists() and trusted:
+                clf = _load_cached_model(p, cfg, spec, k, i)
+                if clf is not None:
+                    models[i] = clf.to(dev).eval()
+                    loaded += 1
     todo = [i for i in range(num_models) if models[i] is None]
     if stop_after is not None:
         todo = todo[:max(stop_after, 0)]
@@ -553,9 +670,19 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
     method = cfg.method
     group = min(cfg.group_size, max(len(todo), 1))
     workers = min(cfg.workers or available_cores(), max(len(todo), 1))
+    vmappable = _vmappable(_build(cfg, spec, k, 0, torch.device("cpu")))
     if todo and method == "auto":
+        method = choose_method(cfg, vmappable, len(todo), n, dev)
+    elif todo and method == "auto-timed":
         method = "loop" if len(todo) < 2 else pick_method(cfg, spec, k, xd, yd, min(group, 8), dev,
                                                           num_models=len(todo))[0]
+    script = unguarded_main_script() if method == "process" and todo else None
+    if script is not None:
+        if cfg.method == "process":
+            raise ConfigError(f"method='process' starts worker processes that re-import {script}, "
+                              "which calls shadow training outside `if __name__ == \"__main__\":`; "
+                              "move the call under that guard, or use method='vmap' or 'loop'")
+        method = "vmap" if vmappable else "loop"
     losses: dict[int, list[float]] = {}
 
     def finish(i: int, clf: Classifier, ls: list[float]) -> None:
@@ -568,7 +695,7 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
             on_model(i, ls)
 
     with task(f"shadow models ({method})", len(todo), progress) as bar:
-        if method == "vmap" and todo and not _vmappable(_build(cfg, spec, k, todo[0], torch.device("cpu"))):
+        if method == "vmap" and todo and not vmappable:
             method = "loop"
         if method == "vmap":
             for s in range(0, len(todo), group):

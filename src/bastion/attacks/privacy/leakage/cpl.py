@@ -4,7 +4,7 @@ Algorithm 4).
     grad <- payload gradient, or (w_before - w_after) / lr for a weight update
     x_0  <- INIT(shape)                        (patterned, random, dark, light, R/G/B, optimal)
     y    <- argmin_c grad(output layer)_c      (label inference)
-    repeat T times, or until D < 1e-4:
+    repeat T times, or until the match stops improving (CPL: D < 1e-4; see common.py):
         D(x) = || d loss(f(x; w), y) / dw - grad ||^2 + alpha || softmax(f(x; w)) - onehot(y) ||^2
         x    <- optimiser step on D            (L-BFGS by default; Adam / SGD selectable)
 
@@ -31,6 +31,7 @@ from bastion.attacks.privacy.leakage.common import (
     l2_distance,
     prepare,
     run_optimisation,
+    squared_norm,
 )
 from bastion.attacks.privacy.leakage.payload import Payload
 from bastion.core import Classifier, ConfigError
@@ -91,6 +92,7 @@ def cpl_attack(model: Classifier, payload: Payload, config: CPLConfig | None = N
 
     scorer = Scorer(None if reference is None else reference.to(dev), model.spec.bounds,
                     cfg.success_metric)
-    dists, evals, conv, div = run_optimisation([x], objective, cfg, scorer, x)
+    dists, evals, conv, div = run_optimisation([x], objective, cfg, scorer, x,
+                                               scale=squared_norm(target))
     return finish("cpl", model, x, labels, cfg, scorer, dists, evals, conv, div, start,
                   reference, reference_labels)

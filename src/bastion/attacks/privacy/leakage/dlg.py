@@ -27,6 +27,7 @@ from bastion.attacks.privacy.leakage.common import (
     l2_distance,
     prepare,
     run_optimisation,
+    squared_norm,
 )
 from bastion.attacks.privacy.leakage.payload import Payload
 from bastion.core import Classifier
@@ -68,7 +69,8 @@ def dlg_attack(model: Classifier, payload: Payload, config: DLGConfig | None = N
     scorer = Scorer(None if reference is None else reference.to(dev), model.spec.bounds,
                     cfg.success_metric)
     variables = [x] if fixed is not None else [x, label_logits]
-    dists, evals, conv, div = run_optimisation(variables, objective, cfg, scorer, x)
+    dists, evals, conv, div = run_optimisation(variables, objective, cfg, scorer, x,
+                                               scale=squared_norm(target))
     labels = fixed if fixed is not None else label_logits.detach().argmax(-1)
     return finish("dlg", model, x, labels, cfg, scorer, dists, evals, conv, div, start,
                   reference, reference_labels)

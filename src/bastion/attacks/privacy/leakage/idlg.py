@@ -31,6 +31,7 @@ from bastion.attacks.privacy.leakage.common import (
     l2_distance,
     prepare,
     run_optimisation,
+    squared_norm,
 )
 from bastion.attacks.privacy.leakage.payload import Payload
 from bastion.core import Classifier
@@ -65,6 +66,7 @@ def idlg_attack(model: Classifier, payload: Payload, config: IDLGConfig | None =
 
     scorer = Scorer(None if reference is None else reference.to(dev), model.spec.bounds,
                     cfg.success_metric)
-    dists, evals, conv, div = run_optimisation([x], objective, cfg, scorer, x)
+    dists, evals, conv, div = run_optimisation([x], objective, cfg, scorer, x,
+                                               scale=squared_norm(target))
     return finish("idlg", model, x, labels, cfg, scorer, dists, evals, conv, div, start,
                   reference, reference_labels)

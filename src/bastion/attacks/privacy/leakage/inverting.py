@@ -49,12 +49,15 @@ class InvertingConfig(LeakageConfig):
         signed: use signed gradients (paper: True).
         lr_decay: step decay x0.1 at 3/8, 5/8 and 7/8 of max_iter.
         tol: 0 (the cosine distance is not driven to an absolute threshold).
+        patience: 0 (the step-decay schedule runs to the end: signed Adam's noisy
+            distance plateaus between decays and improves again after them).
     """
 
     optimizer: str = "adam"
     lr: float = 0.025
     max_iter: int = 4800
     tol: float = 0.0
+    patience: int = 0
     tv: float = 1e-4
     restarts: int = 1
     signed: bool = True

@@ -180,8 +180,16 @@ def _signals_cached(models: Sequence[Classifier], x: torch.Tensor, y: torch.Tens
     key = hashlib.sha256(f"{fingerprint(x, y)}|{len(models)}|{augment}|{tag}".encode()).hexdigest()[:16]
     path = cache / f"signals-{key}.safetensors"
     if path.exists():
-        sig = SignalMatrix.load(path)
-        if sig.m == len(models) and torch.equal(sig.member, member.bool()):
+        try:
+            sig = SignalMatrix.load(path)
+            ok = (sig.m == len(models) and tuple(sig.phi.shape[:1]) == (len(x),)
+                  and torch.equal(sig.member, member.bool()))
+        except Exception as e:  # truncated file: safetensors raises its own error type
+            from bastion.training.shadow import warn
+            warn(f"cached membership signals {path} are corrupt or truncated "
+                 f"({type(e).__name__}); recomputing them")
+            ok = False
+        if ok:
             return sig
     sig = compute_signals(models, x, y, member, augment=augment)
     sig.save(path)
@@ -271,7 +279,8 @@ def audit_membership(target: Classifier, members: Dataset, nonmembers: Dataset, 
                            device=target.device, progress=progress)
         timings["shadow_training_s"] = time.perf_counter() - t0
         threat["shadow_training"] = {"trained": sh.trained, "loaded_from_cache": sh.loaded, "method": sh.method,
-                                     "recipe": scfg.recipe()}
+                                     "method_requested": scfg.method,
+                                     "threads": torch.get_num_threads(), "recipe": scfg.recipe()}
         say(f"shadow models ready: {sh.trained} trained, {sh.loaded} loaded ({sh.method})")
         t0 = time.perf_counter()
         shadow_pool = _signals_cached(sh.models, pool_x, pool_y, sh.member, cfg.augment, cache, "pool")

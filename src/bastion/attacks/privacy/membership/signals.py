@@ -128,7 +128,9 @@ class SignalMatrix:
              "correct": self.correct.to(torch.uint8)}
         if self.probs is not None:
             t["probs"] = self.probs
-        save_file({k: v.detach().cpu().contiguous() for k, v in t.items()}, str(path))
+        from bastion.fileio import atomic_path
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in t.items()}, str(tmp))
         return path
 
     @classmethod
