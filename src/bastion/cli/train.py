@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -96,10 +97,13 @@ def _train_dp(model: str, data: str, out: Path, epochs: int, batch_size: int, lr
         console.print("[bold red]warning:[/] --noise-seed makes the DP noise reproducible: this run "
                       "is NOT private (anyone who knows the seed can remove the noise)",
                       highlight=False)
-    report = train_dp_and_save(model, data, out, dp=cfg, arch_args=parse_kv(arg), root=root, device=device,
-                               on_eval=lambda r: console.print(
-                                   f"step {r['step']}: epsilon ({accountant}) {r['epsilon']:.3f}  test "
-                                   f"{r.get('test_accuracy', float('nan')):.4f}", highlight=False))
+    with warnings.catch_warnings():   # the seeded-noise warning was printed above, once
+        warnings.filterwarnings("ignore", message="DP noise seeded")
+        report = train_dp_and_save(model, data, out, dp=cfg, arch_args=parse_kv(arg), root=root,
+                                   device=device, on_eval=lambda r: console.print(
+                                       f"step {r['step']}: epsilon ({accountant}) {r['epsilon']:.3f}"
+                                       f"  test {r.get('test_accuracy', float('nan')):.4f}",
+                                       highlight=False))
     rec = report["privacy"]
     console.print(table(f"privacy spent: {report['steps']} steps, q={rec['sample_rate']:.4g}, "
                         f"delta={delta:g} ({report['stop_reason']})", TABLE_COLUMNS, figure_rows(rec)))
