@@ -316,6 +316,11 @@ def reference_validity(accountant: str, schedule: Sequence[tuple[float, float, i
 #: Above this many distinct (q, sigma) levels PLD and PRV are not composed (each costs a
 #: convolution: 10 ms to 1 s for PLD, 25 ms to 0.2 s for PRV, slowest at small sigma).
 MAX_NUMERICAL_GROUPS = 64
+#: PLD and PRV are skipped (RDP stands) beyond these bounds, where their grids would take
+#: gigabytes: RDP epsilon above 100, more than 10^6 steps, or sigma below 0.2.
+NUMERICAL_MAX_EPSILON = 100.0
+NUMERICAL_MAX_STEPS = 10**6
+NUMERICAL_MIN_SIGMA = 0.2
 #: A dynamic sigma is rounded down to this geometric grid for PLD and PRV (less noise can
 #: only cost more privacy, so the figure stays a valid bound), on a coarser PLD grid.
 SIGMA_GRID_RATIO = 1.05
@@ -577,6 +582,9 @@ class PrivacyLedger:
                           "not installed (pip install 'bastion[pld]' for Google's dp-accounting)")
         if accountant == "prv" and not prv_available():
             return Figure("prv", GUARANTEE, None, delta, "not installed (needs Opacus)")
+        why = self._numerical_out_of_range(delta)
+        if why:
+            return Figure(accountant, GUARANTEE, None, delta, why)
         sched, interval = self.schedule, self.pld_interval
         rounded = len({(q, sg) for q, sg, _ in sched}) > 1
         if rounded or len(sched) > 1:
@@ -604,6 +612,34 @@ class PrivacyLedger:
         except (ValueError, ArithmeticError, RuntimeError) as e:  # numerical range exceeded
             return Figure(accountant, GUARANTEE, None, delta,
                           f"not computed: {str(e).splitlines()[0][:120] or type(e).__name__}")
+
+    def bound(self, delta: float, accountant: str) -> float:
+        """A guarantee's epsilon for budgets and calibration: infinity where a numerical
+        accountant is out of its range (nothing affordable there); an accountant that is not
+        installed raises ConfigError."""
+        check_guarantee(accountant)
+        if accountant in ("pld", "prv") and self.groups:
+            fig = self._numerical(accountant, check_delta(delta))
+            if fig.epsilon is None:
+                if fig.note.startswith("not computed"):
+                    return math.inf
+                raise ConfigError(f"the {accountant} accountant is unavailable here: {fig.note}")
+            return fig.epsilon
+        return self.epsilon(delta, accountant)
+
+    def _numerical_out_of_range(self, delta: float) -> str:
+        """Why PLD and PRV are not run ('' when they are): their grids grow with the privacy
+        loss (steps / sigma^2), so settings with no meaningful privacy would take minutes
+        and gigabytes; the RDP figure, a guarantee, covers them."""
+        rdp = self.epsilon(delta, "rdp")
+        if rdp > NUMERICAL_MAX_EPSILON:
+            return f"not computed: RDP epsilon {rdp:.3g} > {NUMERICAL_MAX_EPSILON:g} (no meaningful privacy)"
+        if self.steps > NUMERICAL_MAX_STEPS:
+            return f"not computed: {self.steps} steps > {NUMERICAL_MAX_STEPS:.0e}"
+        smin = min(g.sigma for g in self.groups)
+        if smin < NUMERICAL_MIN_SIGMA:
+            return f"not computed: sigma {smin:.3g} < {NUMERICAL_MIN_SIGMA:g}"
+        return ""
 
     def figure(self, delta: float, accountant: str) -> Figure:
         """One accountant's labelled figure (see `Figure`)."""
@@ -718,7 +754,7 @@ def noise_multiplier(target_epsilon: float, q: float, steps: int, delta: float,
         raise ConfigError(f"steps must be >= 1, got {steps}")
 
     def eps(s: float) -> float:
-        return compute_epsilon(q, s, steps, delta, accountant)
+        return _ledger_for(q, s, steps).bound(delta, accountant)
 
     if accountant in ("pld", "prv"):
         # RDP bounds both from above, so its sigma is feasible and brackets the search.

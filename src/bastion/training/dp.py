@@ -903,7 +903,7 @@ class DPSGD:
             led = PrivacyLedger()
             for t in range(k):
                 led.step(self.q, self.sigma_at(t))
-            return led.epsilon(self.cfg.delta, acc)
+            return led.bound(self.cfg.delta, acc)
 
         if eps(self.T) <= target:
             return self.T
