@@ -136,3 +136,20 @@ def test_dp_statement_of_trained_model(digits: Dataset) -> None:
                  f"{head['accountant']}", "Noise: secure."):
         assert part in text, (part, text)
     assert math.isfinite(head["epsilon"]) and rec["accountants"]["zcdp"]["epsilon"] is None
+
+
+def test_old_checkpoint_record_is_labelled() -> None:
+    """A record written before labelling (six bare numbers) is relabelled from its
+    schedule: the zCDP 2.55 it stored is not shown, the headline is a guarantee."""
+    from bastion.privacy.statement import record_summary
+
+    old = {"variant": "baseline", "sigma": 1.0, "clip": 1.0, "delta": 1e-5, "batch_size": 256,
+           "sample_rate": 0.064, "steps": 31, "sigma_range": [1.0, 1.0],
+           "schedule": [[0.064, 1.0, 31]],
+           "epsilon": {"basic": 68.35, "advanced": 610.4, "optimal": 68.35, "zcdp": 2.545,
+                       "moments": 4.007, "rdp": 3.369}}
+    summ = record_summary(old)
+    assert summ is not None and summ["accountants"]["zcdp"]["epsilon"] is None
+    assert summ["headline"]["epsilon"] <= 3.37 and summ["headline"]["accountant"] != "zcdp"
+    text = "\n".join(dp_statement(old))
+    assert "2.545" not in text and "over 4000 examples" in text
