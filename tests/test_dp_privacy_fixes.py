@@ -153,3 +153,12 @@ def test_old_checkpoint_record_is_labelled() -> None:
     assert summ["headline"]["epsilon"] <= 3.37 and summ["headline"]["accountant"] != "zcdp"
     text = "\n".join(dp_statement(old))
     assert "2.545" not in text and "over 4000 examples" in text
+
+
+def test_missing_budget_accountant_refused_upfront(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bastion.training.dp as dpmod
+
+    monkeypatch.setattr(dpmod, "pld_available", lambda: False)
+    with pytest.raises(ConfigError, match="not installed"):
+        DPConfig(accountant="pld", target_epsilon=1.0).validate()
+    DPConfig(accountant="rdp", target_epsilon=1.0).validate()

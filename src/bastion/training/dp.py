@@ -64,6 +64,8 @@ from bastion.privacy.accountants import (
     check_delta,
     check_guarantee,
     check_rate,
+    pld_available,
+    prv_available,
 )
 from bastion.privacy.statement import NOISE_SECURE, NOISE_SEEDED
 from bastion.progress import task
@@ -207,6 +209,10 @@ class DPConfig:
         if self.target_epsilon is not None and not self.target_epsilon > 0:
             raise ConfigError(f"target_epsilon must be positive, got {self.target_epsilon}")
         check_guarantee(self.accountant)
+        if (self.accountant == "pld" and not pld_available()) or (
+                self.accountant == "prv" and not prv_available()):
+            raise ConfigError(f"the {self.accountant} accountant is not installed (pld: pip install "
+                              "'bastion[pld]'; prv: Opacus); use accountant rdp")
         if self.noise_seed is not None and (isinstance(self.noise_seed, bool) or not isinstance(
                 self.noise_seed, int) or not 0 <= self.noise_seed < 2**63):
             raise ConfigError(f"noise_seed must be an integer in [0, 2^63) or None (secure noise), "
@@ -1018,7 +1024,7 @@ def train_dp(clf: Classifier, train: Dataset, test: Dataset | None = None, cfg: 
                 if dp.t % eval_every == 0 or dp.t == dp.T:
                     clf.eval()
                     row: dict[str, float] = {"step": dp.t, "epoch": dp.t * dp.q,
-                                             "epsilon": dp.ledger.epsilon(cfg.delta, cfg.accountant)}
+                                             "epsilon": dp.ledger.bound(cfg.delta, cfg.accountant)}
                     if test is not None:
                         row["test_accuracy"] = clf.accuracy(test.x, test.y)
                     res.history.append(row)
