@@ -103,7 +103,7 @@ def main() -> None:
             row = run(v, 4.0, target_accuracy=target, eval_every=5)
             put("to_target", row)
             print(f"to {target:.3f}: {v:9s} steps {row['steps']} ({row['stop_reason']}) "
-                  f"eps {({k: round(e, 3) for k, e in row['epsilon'].items()})}", flush=True)
+                  f"eps {({k: (None if e is None else round(e, 3)) for k, e in row['epsilon'].items()})}", flush=True)
     save()
     print(f"wrote {path}")
 

@@ -10,6 +10,8 @@ import pytest
 from bastion.cli.main import run
 from bastion.models import read_metadata
 
+ALL = {"basic", "advanced", "optimal", "zcdp", "moments", "rdp", "prv", "pld"}
+
 
 def test_privacy_epsilon_json(capsys: pytest.CaptureFixture[str]) -> None:
     rc = run(["privacy", "epsilon", "--q", "0.01", "--sigma", "6", "--steps", "10000",
@@ -17,19 +19,50 @@ def test_privacy_epsilon_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     eps = out["epsilon"]
-    assert set(eps) == {"basic", "advanced", "optimal", "zcdp", "moments", "rdp"}
-    assert round(eps["zcdp"], 3) == 1.159 and round(eps["moments"], 3) == 0.823
-    assert round(eps["rdp"], 3) == 0.659
+    assert set(eps) == ALL
+    assert round(eps["moments"], 3) == 0.823 and round(eps["rdp"], 3) == 0.659
+    assert eps["zcdp"] is None       # q < 1: the dissertation's rho is no bound
+    assert out["accountants"]["zcdp"]["note"].startswith("not valid")
     assert out["labels"]["rdp"].startswith("RDP")
+    kinds = {k: v["kind"] for k, v in out["accountants"].items()}
+    assert kinds == {**{k: "guarantee" for k in ("rdp", "moments", "prv", "pld")},
+                     **{k: "reference formula" for k in ("basic", "advanced", "optimal", "zcdp")}}
+    head = out["headline"]
+    assert head["epsilon"] == min(v for k, v in eps.items() if kinds[k] == "guarantee")
+    # the composition formulas hold at their real total delta, and say so
+    assert out["accountants"]["basic"]["delta"] == pytest.approx(1e-3)
+    assert out["accountants"]["advanced"]["delta"] == pytest.approx(1.01e-3)
+    assert eps["advanced"] == pytest.approx(7.458, abs=1e-3)
+
+
+def test_privacy_epsilon_table_hides_invalid_formulas(capsys: pytest.CaptureFixture[str]) -> None:
+    """q=0.01, sigma=1, T=1000 printed basic 815.7, advanced 1152.2, optimal 439.2 unflagged."""
+    assert run(["privacy", "epsilon", "--q", "0.01", "--sigma", "1", "--steps", "1000"]) == 0
+    err = capsys.readouterr().err
+    for bad in ("815.7", "1152.2", "439.2"):
+        assert bad not in err
+    assert err.count("not valid: per-step epsilon 4.84 > 1") == 3
+    assert "reference formula" in err and "guarantee" in err
+    assert "tightest guarantee" in err and "2.1014" in err
 
 
 def test_privacy_sigma(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = run(["privacy", "sigma", "--target-eps", "1.159", "--q", "0.01", "--steps", "10000",
-              "--accountant", "zcdp", "--json"])
+    rc = run(["privacy", "sigma", "--target-eps", "0.659", "--q", "0.01", "--steps", "10000",
+              "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["sigma"] == pytest.approx(6.0, rel=2e-3)
-    assert out["epsilon"]["zcdp"] <= 1.159
+    assert out["sigma"] == pytest.approx(6.0, rel=2e-3) and out["kind"] == "guarantee"
+    assert out["epsilon"]["rdp"] <= 0.659
+
+
+def test_privacy_sigma_refuses_zcdp(capsys: pytest.CaptureFixture[str]) -> None:
+    """zCDP calibrated eps 1 at q=0.01, T=10 to sigma 0.22 (RDP epsilon 37.3)."""
+    rc = run(["privacy", "sigma", "--target-eps", "1", "--q", "0.01", "--steps", "10",
+              "--accountant", "zcdp", "--json"])
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.out == ""
+    msg = cap.err.strip()
+    assert "reference formula" in msg and "Traceback" not in msg and msg.startswith("error:")
 
 
 @pytest.mark.parametrize("argv", [["--delta", "1"], ["--sigma", "0"], ["--q", "1.5"], ["--q", "0"]])
@@ -49,8 +82,12 @@ def test_train_dp_records_privacy(tmp_path: Path, capsys: pytest.CaptureFixture[
     report = json.loads(capsys.readouterr().out)
     rec = read_metadata(out)["privacy"]
     assert rec["variant"] == "dyn-s-sigma" and rec["steps"] == 6 and rec["sigma"] == 4.0
-    assert rec["epsilon"] == pytest.approx(report["privacy"]["epsilon"])
-    assert set(rec["epsilon"]) == {"basic", "advanced", "optimal", "zcdp", "moments", "rdp"}
+    assert rec["epsilon"] == report["privacy"]["epsilon"]
+    assert set(rec["epsilon"]) == ALL and set(rec["accountants"]) == ALL
+    assert rec["accountants"]["zcdp"]["kind"] == "reference formula"
+    assert rec["headline"]["epsilon"] == min(v["epsilon"] for v in rec["accountants"].values()
+                                             if v["kind"] == "guarantee" and v["epsilon"] is not None)
+    assert rec["noise"] == "secure" and rec["adjacency"] == "add-or-remove-one example"
     assert rec["sigma_range"][0] < rec["sigma_range"][1] == 4.0
 
     from bastion.audit.sections import get_section
@@ -63,7 +100,8 @@ def test_train_dp_records_privacy(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert sec.summary["private"] is True
     again = sec.summary["epsilon_recomputed"]
     for k, v in rec["epsilon"].items():
-        assert again[k] == pytest.approx(v, rel=1e-9)
+        assert (again[k] is None) if v is None else again[k] == pytest.approx(v, rel=1e-9)
+    assert any("tightest guarantee" in line for line in sec.summary["statement"])
     plain = get_section("dp")(type("C", (), {"meta": {}})(), {"kind": "dp"})  # type: ignore[arg-type]
     assert plain.summary["private"] is False
 
@@ -90,9 +128,31 @@ def test_audit_shows_privacy_block(tmp_path: Path, capsys: pytest.CaptureFixture
     dp = res["sections"]["dp"]
     assert dp["kind"] == "dp" and dp["summary"]["private"] is True
     assert dp["summary"]["sigma"] == 6.0 and dp["summary"]["clip"] == 4.0
-    assert dp["summary"]["epsilon"] == pytest.approx(read_metadata(ckpt)["privacy"]["epsilon"])
-    assert "epsilon per accountant" in (out / "report.html").read_text()
+    assert dp["summary"]["epsilon"] == read_metadata(ckpt)["privacy"]["epsilon"]
+    assert dp["summary"]["noise"] == "secure"
+    html = (out / "report.html").read_text()
+    assert "epsilon per accountant" in html and "reference formula" in html
+    assert "Epsilon assuming Poisson sampling" in html and "every intermediate model" in html
     bad = tmp_path / "bad.yaml"
     bad.write_text("sections:\n  - kind: dp\n    delta: 2\n")
     assert run(["audit", "-m", str(ckpt), "-c", str(bad), "-o", str(tmp_path / "r2"), "--n", "8"]) == 2
     assert not (tmp_path / "r2" / "results.json").exists()
+
+
+def test_info_prints_dp_statement(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "dp.st"
+    assert run(["train", "-m", "mlp", "-d", "digits", "--arg", "hidden=[16]", "-o", str(ckpt), "--dp",
+                "--sigma", "1", "--clip", "1", "--batch-size", "92", "--steps", "31", "--noise-seed",
+                "4"]) == 0
+    assert "NOT private" in capsys.readouterr().err
+    assert run(["info", str(ckpt)]) == 0
+    err = capsys.readouterr().err
+    assert "over 1438 examples, expected batch size 92" in err
+    assert "31 steps (1.98 epochs)" in err and "every intermediate model and checkpoint" in err
+    assert "add-or-remove-one example adjacency at delta = 1e-05" in err
+    assert "Epsilon assuming Poisson sampling:" in err
+    assert "Noise: seeded (reproducible, NOT private)." in err
+    rec = read_metadata(ckpt)["privacy"]
+    # sigma 1, q 0.064, T 31: zCDP's 2.55 (below RDP's 3.37) is never shown
+    assert rec["accountants"]["zcdp"]["epsilon"] is None and "2.55" not in err
+    assert rec["accountants"]["rdp"]["epsilon"] == pytest.approx(3.37, abs=0.01)

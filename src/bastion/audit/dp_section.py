@@ -5,9 +5,11 @@
                              # recorded schedule (q, sigma, steps) at `delta`
       delta: null            # default: the delta recorded in the checkpoint
 
-Reports the recorded mechanism, variant, noise multiplier, clipping bound, sampling rate,
-steps and the epsilon spent under every accountant; a model trained without DP is reported
-as such (epsilon = infinity), which is itself an audit finding.
+Reports the DP statement (data set size, sampling rate, noise, steps, adjacency, delta and
+the headline epsilon: the tightest guarantee), the recorded parameters, whether the noise
+was secure or seeded, and epsilon under every accountant, each labelled a guarantee or a
+reference formula; a model trained without DP is reported as such (epsilon = infinity),
+which is itself an audit finding.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def _validate(cfg: dict[str, Any]) -> None:
 
 @register_section("dp", validate=_validate)
 def dp_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
-    from bastion.privacy.accountants import LABELS, PrivacyLedger, check_delta
+    from bastion.privacy.accountants import check_delta
+    from bastion.privacy.statement import TABLE_COLUMNS, dp_statement, figure_rows, record_summary
 
     _validate(cfg)
     name = cfg.get("name") or "dp"
@@ -47,30 +50,33 @@ def dp_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
                                                   "note": "the checkpoint was trained without "
                                                           "differential privacy (no privacy record)"})
     summary: dict[str, Any] = {"private": True, **{k: rec.get(k) for k in _KEYS if k in rec}}
-    eps = dict(rec.get("epsilon") or {})
-    summary["epsilon"] = eps
+    summary["noise"] = rec.get("noise", "unknown (recorded before noise labelling)")
+    recorded = record_summary(rec)
+    summary["epsilon"] = ({k: v.get("epsilon") for k, v in recorded["accountants"].items()}
+                          if recorded else dict(rec.get("epsilon") or {}))
+    summary["headline"] = recorded["headline"] if recorded else None
+    summary["accountants"] = recorded["accountants"] if recorded else None
+    summary["statement"] = dp_statement(rec)
     params = ReportTable("DP-SGD parameters", ["parameter", "value"],
-                         [[k, rec.get(k)] for k in _KEYS if k in rec])
-    rows = [[k, LABELS.get(k, k), v] for k, v in eps.items()]
-    tables = [params]
+                         [[k, rec.get(k)] for k in _KEYS if k in rec] + [["noise", summary["noise"]]])
+    tables = [ReportTable("DP statement", ["statement"], [[line] for line in summary["statement"]]),
+              params]
     if cfg.get("accountants", False):
         delta = check_delta(float(cfg.get("delta") or rec.get("delta") or 1e-5))
-        sched = rec.get("schedule")
-        if sched is None and rec.get("sample_rate") and rec.get("steps"):
-            lo, hi = (rec.get("sigma_range") or [rec["sigma"], rec["sigma"]])
-            if lo != hi:
-                raise ConfigError("dp section: the checkpoint has a dynamic sigma without its "
-                                  "schedule; use the recorded epsilons")
-            sched = [[rec["sample_rate"], rec["sigma"], rec["steps"]]]
-        ledger = PrivacyLedger()
-        for q, s, n in sched or []:
-            ledger.step(q, s, int(n))
-        again = ledger.epsilons(delta)
-        summary["epsilon_recomputed"] = {"delta": delta, **again}
-        rows = [[k, LABELS[k], eps.get(k), again[k]] for k in again]
-        tables.append(ReportTable(f"epsilon per accountant (recomputed at delta={delta:g})",
-                                  ["accountant", "name", "recorded", "recomputed"], rows))
-    else:
-        tables.append(ReportTable("epsilon per accountant (recorded)",
-                                  ["accountant", "name", "epsilon"], rows))
+        lo, hi = rec.get("sigma_range") or [rec.get("sigma"), rec.get("sigma")]
+        if not rec.get("schedule") and lo != hi:
+            raise ConfigError("dp section: the checkpoint has a dynamic sigma without its "
+                              "schedule; use the recorded epsilons")
+        again = record_summary({**rec, "accountants": None}, delta)
+        if again is None:
+            raise ConfigError("dp section: the checkpoint's privacy record has no schedule "
+                              "(sample_rate, sigma, steps) to recompute epsilon from")
+        summary["epsilon_recomputed"] = {"delta": delta, "headline": again["headline"],
+                                         **{k: v["epsilon"] for k, v in again["accountants"].items()}}
+        tables.append(ReportTable(f"epsilon per accountant (recomputed at delta={delta:g}; "
+                                  "* = headline, the tightest guarantee)",
+                                  TABLE_COLUMNS, figure_rows(again)))
+    elif recorded is not None:
+        tables.append(ReportTable("epsilon per accountant (recorded; * = headline, the tightest "
+                                  "guarantee)", TABLE_COLUMNS, figure_rows(recorded)))
     return SectionOutput(name, "dp", summary=summary, tables=tables)

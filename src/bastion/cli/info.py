@@ -45,6 +45,22 @@ def info_cmd(checkpoint: Path = typer.Argument(..., help="A .st checkpoint."),
     from bastion.models import read_metadata
 
     meta = read_metadata(checkpoint)
+    rec = meta.get("privacy")
     for k, v in meta.items():
-        console.print(f"[bold]{k}[/]: {v}", highlight=False)
+        if k != "privacy" or not isinstance(rec, dict):
+            console.print(f"[bold]{k}[/]: {v}", highlight=False)
+    if isinstance(rec, dict):
+        _print_privacy(rec)
     emit(meta, as_json)
+
+
+def _print_privacy(rec: dict) -> None:
+    """A DP checkpoint's privacy: the DP statement and the labelled accountant table."""
+    from bastion.privacy.statement import TABLE_COLUMNS, dp_statement, figure_rows, record_summary
+
+    console.print("[bold]privacy[/]:", highlight=False)
+    for line in dp_statement(rec):
+        console.print("  " + line, highlight=False, markup=False)
+    summ = record_summary(rec)
+    if summ is not None:
+        console.print(table("epsilon per accountant", TABLE_COLUMNS, figure_rows(summ)))

@@ -1,5 +1,5 @@
-"""`bastion privacy`: epsilon of a DP-SGD run under every accountant, and the noise
-multiplier that meets a target epsilon."""
+"""`bastion privacy`: epsilon of a DP-SGD run under every accountant, labelled guarantee
+or reference formula, and the noise multiplier that meets a target epsilon."""
 
 from __future__ import annotations
 
@@ -21,16 +21,21 @@ def epsilon_cmd(
     delta: float = typer.Option(1e-5, "--delta", help="Target delta, in (0, 1)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Epsilon spent after T steps under basic, advanced and optimal composition, zCDP,
-    the moments accountant and RDP with the tight conversion (= Opacus)."""
-    from bastion.privacy.accountants import LABELS, compute_epsilons
+    """Epsilon after T steps: the guarantees (PLD, PRV, RDP, moments accountant) and the
+    reference formulas (basic, advanced, optimal composition, zCDP), each labelled; the
+    headline is the tightest guarantee."""
+    from bastion.privacy.accountants import KINDS, LABELS, privacy_summary
+    from bastion.privacy.statement import TABLE_COLUMNS, figure_rows, headline_line
 
-    eps = compute_epsilons(q, sigma, steps, delta)
-    console.print(table(f"epsilon at delta={delta:g} (q={q:g}, sigma={sigma:g}, T={steps})",
-                        ["accountant", "name", "epsilon"],
-                        [[k, LABELS[k], f"{v:.4f}"] for k, v in eps.items()]))
-    emit({"q": q, "sigma": sigma, "steps": steps, "delta": delta, "epsilon": eps,
-          "labels": LABELS}, as_json)
+    summ = privacy_summary(q, sigma, steps, delta)
+    console.print(table(f"epsilon at delta={delta:g} (q={q:g}, sigma={sigma:g}, T={steps}; "
+                        "Poisson sampling, add-or-remove-one adjacency)",
+                        TABLE_COLUMNS, figure_rows(summ)))
+    console.print(headline_line(summ), highlight=False)
+    accs = summ["accountants"]
+    emit({"q": q, "sigma": sigma, "steps": steps, "delta": delta, **summ,
+          "epsilon": {k: v["epsilon"] for k, v in accs.items()},  # type: ignore[union-attr]
+          "labels": LABELS, "kinds": KINDS}, as_json)
 
 
 @privacy_app.command("sigma")
@@ -40,15 +45,21 @@ def sigma_cmd(
     steps: int = typer.Option(..., "--steps", help="Number of DP-SGD steps T."),
     delta: float = typer.Option(1e-5, "--delta", help="Target delta, in (0, 1)."),
     accountant: str = typer.Option("rdp", "--accountant",
-                                   help="basic | advanced | optimal | zcdp | moments | rdp."),
+                                   help="A guarantee: rdp | pld | prv | moments (reference "
+                                        "formulas cannot calibrate noise)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """The smallest noise multiplier whose run spends at most --target-eps."""
-    from bastion.privacy.accountants import compute_epsilons, noise_multiplier
+    """The smallest noise multiplier whose run spends at most --target-eps under a
+    guarantee accountant."""
+    from bastion.privacy.accountants import check_guarantee, noise_multiplier, privacy_summary
 
+    check_guarantee(accountant)
     s = noise_multiplier(target_eps, q, steps, delta, accountant=accountant)
-    eps = compute_epsilons(q, s, steps, delta)
-    console.print(f"noise multiplier sigma = {s:.4f} ({accountant} accountant: epsilon "
-                  f"{eps[accountant]:.4f} <= {target_eps:g} at delta={delta:g})", highlight=False)
-    emit({"sigma": s, "accountant": accountant, "target_epsilon": target_eps, "q": q,
-          "steps": steps, "delta": delta, "epsilon": eps}, as_json)
+    summ = privacy_summary(q, s, steps, delta)
+    got = summ["accountants"][accountant]["epsilon"]  # type: ignore[index]
+    console.print(f"noise multiplier sigma = {s:.4f} ({accountant} accountant, a guarantee: "
+                  f"epsilon {got:.4f} <= {target_eps:g} at delta={delta:g})", highlight=False)
+    emit({"sigma": s, "accountant": accountant, "kind": "guarantee", "target_epsilon": target_eps,
+          "q": q, "steps": steps, "delta": delta, **summ,
+          "epsilon": {k: v["epsilon"] for k, v in summ["accountants"].items()}},  # type: ignore[union-attr]
+         as_json)

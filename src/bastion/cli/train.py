@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -45,7 +46,11 @@ def train_cmd(
     target_acc: float = typer.Option(None, "--target-acc", help="DP: stop at this test accuracy."),
     per_layer: bool = typer.Option(False, "--per-layer", help="DP: clip each layer to C/sqrt(M)."),
     dp_steps: int = typer.Option(None, "--steps", help="DP: number of steps (default from --epochs)."),
-    accountant: str = typer.Option("rdp", "--accountant", help="DP: accountant enforcing --target-eps."),
+    accountant: str = typer.Option("rdp", "--accountant",
+                                   help="DP: guarantee enforcing --target-eps: rdp | pld | prv | moments."),
+    noise_seed: int = typer.Option(None, "--noise-seed",
+                                   help="DP: seed the noise and sampling (reproducible, NOT private; "
+                                        "default: secure OS randomness)."),
     fix_batchnorm: bool = typer.Option(False, "--fix-batchnorm", help="DP: replace BatchNorm by GroupNorm."),
 ) -> None:
     """Train a model and write a safetensors checkpoint with its metadata."""
@@ -54,7 +59,7 @@ def train_cmd(
     if dp:
         _train_dp(model, data, out, epochs, batch_size, lr, optimizer, arg, root, seed, device, as_json,
                   sigma, clip, delta, dynamic, decay, target_eps, target_acc, per_layer, dp_steps,
-                  accountant, fix_batchnorm)
+                  accountant, fix_batchnorm, noise_seed)
         return
 
     report = train_and_save(model, data, out, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -71,9 +76,10 @@ def _train_dp(model: str, data: str, out: Path, epochs: int, batch_size: int, lr
               arg: list[str] | None, root: Path | None, seed: int, device: str, as_json: bool,
               sigma: float, clip: float, delta: float, dynamic: str, decay: str,
               target_eps: float | None, target_acc: float | None, per_layer: bool,
-              steps: int | None, accountant: str, fix_batchnorm: bool) -> None:
+              steps: int | None, accountant: str, fix_batchnorm: bool,
+              noise_seed: int | None = None) -> None:
     from bastion.cli.common import table
-    from bastion.privacy.accountants import LABELS
+    from bastion.privacy.statement import TABLE_COLUMNS, dp_statement, figure_rows
     from bastion.training.dp import DPConfig
     from bastion.training.pipeline import train_dp_and_save
 
@@ -84,14 +90,24 @@ def _train_dp(model: str, data: str, out: Path, epochs: int, batch_size: int, lr
                    batch_size=256 if batch_size == 32 else batch_size, epochs=epochs, steps=steps,
                    lr=0.05 if (lr == 1e-3 and optimizer == "adam") else lr,
                    optimizer="sgd" if optimizer == "adam" and lr == 1e-3 else optimizer,
-                   accountant=accountant, fix_batchnorm=fix_batchnorm, seed=seed)
-    report = train_dp_and_save(model, data, out, dp=cfg, arch_args=parse_kv(arg), root=root, device=device,
-                               on_eval=lambda r: console.print(
-                                   f"step {r['step']}: epsilon ({accountant}) {r['epsilon']:.3f}  test "
-                                   f"{r.get('test_accuracy', float('nan')):.4f}", highlight=False))
-    eps = report["privacy"]["epsilon"]
-    console.print(table(f"privacy spent: {report['steps']} steps, q={report['privacy']['sample_rate']:.4g}, "
-                        f"delta={delta:g} ({report['stop_reason']})", ["accountant", "name", "epsilon"],
-                        [[k, LABELS[k], f"{v:.4f}"] for k, v in eps.items()]))
+                   accountant=accountant, fix_batchnorm=fix_batchnorm, seed=seed,
+                   noise_seed=noise_seed)
+    cfg.validate()
+    if noise_seed is not None:
+        console.print("[bold red]warning:[/] --noise-seed makes the DP noise reproducible: this run "
+                      "is NOT private (anyone who knows the seed can remove the noise)",
+                      highlight=False)
+    with warnings.catch_warnings():   # the seeded-noise warning was printed above, once
+        warnings.filterwarnings("ignore", message="DP noise seeded")
+        report = train_dp_and_save(model, data, out, dp=cfg, arch_args=parse_kv(arg), root=root,
+                                   device=device, on_eval=lambda r: console.print(
+                                       f"step {r['step']}: epsilon ({accountant}) {r['epsilon']:.3f}"
+                                       f"  test {r.get('test_accuracy', float('nan')):.4f}",
+                                       highlight=False))
+    rec = report["privacy"]
+    console.print(table(f"privacy spent: {report['steps']} steps, q={rec['sample_rate']:.4g}, "
+                        f"delta={delta:g} ({report['stop_reason']})", TABLE_COLUMNS, figure_rows(rec)))
+    for line in dp_statement(rec):
+        console.print(line, highlight=False, markup=False)
     console.print(f"[green]saved[/] {out}  test accuracy {report['test_accuracy']:.4f}", highlight=False)
     emit(report, as_json)

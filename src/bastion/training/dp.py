@@ -45,7 +45,9 @@ Per-example gradients come from one of three engines:
 from __future__ import annotations
 
 import math
+import secrets
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -57,12 +59,15 @@ from torch import nn
 from bastion.core import Classifier, ConfigError, InputError, unknown_name
 from bastion.data.dataset import Dataset
 from bastion.privacy.accountants import (
-    ACCOUNTANTS,
+    ADJACENCY,
     PrivacyLedger,
-    check_accountant,
     check_delta,
+    check_guarantee,
     check_rate,
+    pld_available,
+    prv_available,
 )
+from bastion.privacy.statement import NOISE_SECURE, NOISE_SEEDED
 from bastion.progress import task
 from bastion.training.dp_schedules import Decay, canonical_policy
 
@@ -126,7 +131,12 @@ class DPConfig:
             clipped-count estimate (None = batch_size / 20, the paper's choice).
         adaclip_betas, adaclip_bounds: AdaClip's moving-average rates (beta1, beta2) for
             the mean / variance estimates and the bounds (h1, h2) of the variance estimate.
-        seed: seeds sampling, noise and initial shuffling.
+        seed: seeds the model's initialisation (and, with `noise_seed`, nothing else).
+        noise_seed: None (default): the DP noise, Poisson sampling and batch shuffling come
+            from a generator seeded with 64 bits from the operating system's CSPRNG
+            (`secrets`), so no one can subtract the noise. An integer seeds them instead:
+            reproducible for research, but NOT private (anyone knowing the seed removes the
+            noise exactly); a warning is issued and the checkpoint and report say so.
         progress: show a progress bar (None = only on an interactive terminal).
     """
 
@@ -159,6 +169,7 @@ class DPConfig:
     adaclip_betas: tuple[float, float] = (0.99, 0.9)
     adaclip_bounds: tuple[float, float] = (1e-10, 1e2)
     seed: int = 0
+    noise_seed: int | None = None
     progress: bool | None = None
 
     def validate(self, n: int | None = None) -> None:
@@ -197,7 +208,15 @@ class DPConfig:
             raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
         if self.target_epsilon is not None and not self.target_epsilon > 0:
             raise ConfigError(f"target_epsilon must be positive, got {self.target_epsilon}")
-        check_accountant(self.accountant)
+        check_guarantee(self.accountant)
+        if (self.accountant == "pld" and not pld_available()) or (
+                self.accountant == "prv" and not prv_available()):
+            raise ConfigError(f"the {self.accountant} accountant is not installed (pld: pip install "
+                              "'bastion[pld]'; prv: Opacus); use accountant rdp")
+        if self.noise_seed is not None and (isinstance(self.noise_seed, bool) or not isinstance(
+                self.noise_seed, int) or not 0 <= self.noise_seed < 2**63):
+            raise ConfigError(f"noise_seed must be an integer in [0, 2^63) or None (secure noise), "
+                              f"got {self.noise_seed!r}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"target_accuracy must lie in (0, 1], got {self.target_accuracy}")
         if self.eval_every is not None and self.eval_every < 1:
@@ -223,6 +242,11 @@ class DPConfig:
     @property
     def canonical_variant(self) -> str:
         return canonical_variant(self.variant)
+
+    @property
+    def noise_mode(self) -> str:
+        """'secure' or 'seeded (reproducible, NOT private)'."""
+        return NOISE_SECURE if self.noise_seed is None else NOISE_SEEDED
 
     def sample_rate(self, n: int) -> float:
         return check_rate(self.batch_size / n)
@@ -643,6 +667,43 @@ class StepInfo:
     clipped_fraction: float
 
 
+QUANTILE_COUNT_SENSITIVITY = 0.5
+
+
+def quantile_gradient_multiplier(sigma: float, count_std: float) -> float:
+    """The gradient's noise multiplier under quantile clipping (Andrew et al. 2021, Thm. 1):
+    sigma_grad = (sigma^-2 - (2 sigma_b)^-2)^-1/2, so that the gradient sum (sensitivity 1
+    in units of C) and the shifted count (sensitivity 1/2, noise std sigma_b) together cost
+    exactly one Gaussian step with multiplier sigma."""
+    rest = sigma ** -2 - (QUANTILE_COUNT_SENSITIVITY / count_std) ** 2
+    if not rest > 0:
+        raise ConfigError(f"quantile clipping: the count noise std {count_std:g} must exceed "
+                          f"sigma / 2 = {sigma / 2:g}")
+    return rest ** -0.5
+
+
+def effective_noise_multiplier(grad_multiplier: float, count_std: float,
+                               count_sensitivity: float) -> float:
+    """The noise multiplier of one Gaussian step equivalent to releasing the gradient sum
+    (multiplier `grad_multiplier`, sensitivity 1) and a count of sensitivity
+    `count_sensitivity` with noise std `count_std`: (sigma_g^-2 + (s / sigma_b)^2)^-1/2
+    (Gaussian mechanisms compose by adding their squared sensitivity-to-noise ratios)."""
+    return (grad_multiplier ** -2 + (count_sensitivity / count_std) ** 2) ** -0.5
+
+
+def noise_generator(cfg: DPConfig, device: torch.device | str, warn: bool = True) -> torch.Generator:
+    """The generator of DP noise and sampling: seeded from the OS's CSPRNG by default, or
+    from `cfg.noise_seed` (reproducible, NOT private; warns)."""
+    gen = torch.Generator(device=device)
+    if cfg.noise_seed is None:
+        return gen.manual_seed(secrets.randbits(63))
+    if warn:
+        warnings.warn(f"DP noise seeded with noise_seed={cfg.noise_seed}: the run is reproducible but "
+                  "NOT private (anyone who knows the seed can remove the noise)", UserWarning,
+                  stacklevel=3)
+    return gen.manual_seed(int(cfg.noise_seed))
+
+
 class DPSGD:
     """A DP-SGD optimiser for one classifier: `privatize(x, y)` returns the sanitised
     gradient a step would release; `step(x, y)` also applies it and charges the ledger.
@@ -675,7 +736,7 @@ class DPSGD:
         self.t = 0
         self.expected_batch = self.q * n
         dev = clf.device
-        self.gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+        self.gen = noise_generator(cfg, dev)
         self._qclip = float(cfg.clip)
         self._count_noise = cfg.count_noise if cfg.count_noise is not None else cfg.batch_size / 20
         self._ada: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -692,8 +753,14 @@ class DPSGD:
         return self._qclip if self.variant == "quantile" else self.clip_sched(t)
 
     def sigma_at(self, t: int) -> float:
-        """Noise multiplier charged to the accountant at step t."""
-        return self.sigma_sched(t)
+        """Noise multiplier charged to the accountant at step t: the schedule's sigma_t, or
+        for quantile clipping the effective multiplier of the gradient and count releases
+        together (Andrew et al. 2021, Thm. 1), which the noise split makes equal to it."""
+        sigma_t = self.sigma_sched(t)
+        if self.variant == "quantile":
+            return effective_noise_multiplier(quantile_gradient_multiplier(sigma_t, self._count_noise),
+                                              self._count_noise, QUANTILE_COUNT_SENSITIVITY)
+        return sigma_t
 
     def sample(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A Poisson sample (each example kept with probability q)."""
@@ -739,10 +806,10 @@ class DPSGD:
             max_n, mean_n, frac, cmax = stats.tolist()
             s_t = min(cmax, c_t) if self.l2max else c_t
             if self.variant == "quantile":
-                self._update_quantile_clip((total <= c_t).float().sum())
+                self._update_quantile_clip((total <= c_t).float().sum(), b)
         noise_mult = sigma_t
         if self.variant == "quantile":
-            noise_mult = (sigma_t ** -2 - (2 * self._count_noise) ** -2) ** -0.5
+            noise_mult = quantile_gradient_multiplier(self.sigma_sched(t), self._count_noise)
         if self.variant == "adaclip":
             grads = self._adaclip_finish(sums, sigma_t, c_t)
             std = sigma_t * c_t
@@ -755,12 +822,17 @@ class DPSGD:
                         max_norm=max_n, mean_norm=mean_n, clipped_fraction=frac)
         return grads, info
 
-    def _update_quantile_clip(self, unclipped: torch.Tensor) -> None:
-        cfg = self.cfg
-        noisy = (float(unclipped) + float(torch.randn((), generator=self.gen,
-                                                      device=unclipped.device)) * self._count_noise)
-        frac = noisy / self.expected_batch
-        self._qclip *= math.exp(-cfg.clip_lr * (frac - cfg.target_quantile))
+    def quantile_fraction(self, unclipped: float, batch: int) -> float:
+        """The private estimate of the unclipped fraction (Andrew et al. 2021, Sec. 3):
+        the sum of (1[||g_i|| <= C] - 1/2), sensitivity 1/2 under add/remove, plus
+        N(0, sigma_b^2), divided by the expected batch size, plus 1/2."""
+        shifted = float(unclipped) - 0.5 * batch
+        noise = float(torch.randn((), generator=self.gen, device=self.gen.device)) * self._count_noise
+        return (shifted + noise) / self.expected_batch + 0.5
+
+    def _update_quantile_clip(self, unclipped: torch.Tensor, batch: int) -> None:
+        frac = self.quantile_fraction(float(unclipped), batch)
+        self._qclip *= math.exp(-self.cfg.clip_lr * (frac - self.cfg.target_quantile))
 
     def _adaclip_sums(self, x: torch.Tensor, y: torch.Tensor, c_t: float
                       ) -> tuple[list[torch.Tensor], float, float, float, float]:
@@ -825,6 +897,31 @@ class DPSGD:
         trial.step(self.q, self.sigma_at(self.t))
         return trial.epsilon(self.cfg.delta, acc)
 
+    def budget_steps(self, accountant: str | None = None) -> int:
+        """The most steps of the planned schedule (<= T) whose epsilon under `accountant`
+        stays within the target (bisection over the step count; the noise schedule is fixed
+        in advance, so this is known before training; used for the costly pld and prv)."""
+        acc = accountant or self.cfg.accountant
+        target = self.cfg.target_epsilon
+        assert target is not None
+
+        def eps(k: int) -> float:
+            led = PrivacyLedger()
+            for t in range(k):
+                led.step(self.q, self.sigma_at(t))
+            return led.bound(self.cfg.delta, acc)
+
+        if eps(self.T) <= target:
+            return self.T
+        lo, hi = 0, self.T          # eps(lo) <= target < eps(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if eps(mid) <= target:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
     def close(self) -> None:
         self.engine.close()
 
@@ -839,7 +936,7 @@ class DPTrainResult:
     steps: int = 0
     planned_steps: int = 0
     stop_reason: str = "steps"
-    epsilon: dict[str, float] = field(default_factory=dict)
+    epsilon: dict[str, float | None] = field(default_factory=dict)
     delta: float = 0.0
     sample_rate: float = 0.0
     test_accuracy: float | None = None
@@ -848,6 +945,8 @@ class DPTrainResult:
     engine: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     schedule: list[list[float]] = field(default_factory=list)
+    privacy: dict[str, Any] = field(default_factory=dict)
+    dataset_size: int = 0
 
     def privacy_record(self) -> dict[str, Any]:
         """What a checkpoint's metadata records about the privacy of its training."""
@@ -859,6 +958,11 @@ class DPTrainResult:
                 "steps": self.steps, "planned_steps": self.planned_steps,
                 "stop_reason": self.stop_reason, "target_epsilon": c.get("target_epsilon"),
                 "budget_accountant": c.get("accountant"), "epsilon": self.epsilon,
+                "headline": self.privacy.get("headline"),
+                "accountants": self.privacy.get("accountants"),
+                "dataset_size": self.dataset_size, "adjacency": ADJACENCY,
+                "poisson": c.get("poisson", True),
+                "noise": NOISE_SECURE if c.get("noise_seed") is None else NOISE_SEEDED,
                 "sigma_range": [min(self.trace.get("sigma", [0]) or [0]),
                                 max(self.trace.get("sigma", [0]) or [0])],
                 "schedule": self.schedule}
@@ -885,17 +989,24 @@ def train_dp(clf: Classifier, train: Dataset, test: Dataset | None = None, cfg: 
     res = DPTrainResult(planned_steps=dp.T, delta=cfg.delta, sample_rate=dp.q, config=asdict(cfg),
                         engine=type(dp.engine).__name__.replace("Engine", "").lower())
     res.config["variant"] = dp.variant
+    res.dataset_size = n
     steps_per_epoch = max(1, round(1 / dp.q))
     eval_every = cfg.eval_every or steps_per_epoch
     keys = ("clip", "sensitivity", "sigma", "noise_std", "max_norm", "mean_norm", "batch")
     res.trace = {k: [] for k in keys}
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    shuffle_gen = noise_generator(cfg, torch.device("cpu"), warn=False)
+    budget_limit = (dp.budget_steps() if cfg.target_epsilon is not None
+                    and cfg.accountant in ("pld", "prv") else None)
     order: torch.Tensor | None = None
     start = time.perf_counter()
     try:
         with task(f"DP-SGD {dp.variant}", dp.T, cfg.progress) as bar:
             while dp.t < dp.T:
-                if cfg.target_epsilon is not None and dp.epsilon_if_step() > cfg.target_epsilon:
+                if budget_limit is not None:
+                    over = dp.t >= budget_limit
+                else:
+                    over = cfg.target_epsilon is not None and dp.epsilon_if_step() > cfg.target_epsilon
+                if over:
                     res.stop_reason = "budget"
                     break
                 if cfg.poisson:
@@ -913,7 +1024,7 @@ def train_dp(clf: Classifier, train: Dataset, test: Dataset | None = None, cfg: 
                 if dp.t % eval_every == 0 or dp.t == dp.T:
                     clf.eval()
                     row: dict[str, float] = {"step": dp.t, "epoch": dp.t * dp.q,
-                                             "epsilon": dp.ledger.epsilon(cfg.delta, cfg.accountant)}
+                                             "epsilon": dp.ledger.bound(cfg.delta, cfg.accountant)}
                     if test is not None:
                         row["test_accuracy"] = clf.accuracy(test.x, test.y)
                     res.history.append(row)
@@ -928,7 +1039,8 @@ def train_dp(clf: Classifier, train: Dataset, test: Dataset | None = None, cfg: 
     clf.eval()
     res.steps = dp.t
     res.wall_time = time.perf_counter() - start
-    res.epsilon = dp.ledger.epsilons(cfg.delta) if dp.t else {a: 0.0 for a in ACCOUNTANTS}
+    res.privacy = dp.ledger.summary(cfg.delta)
+    res.epsilon = {k: v["epsilon"] for k, v in res.privacy["accountants"].items()}
     res.schedule = [[g.q, g.sigma, g.count] for g in dp.ledger.groups]
     res.train_accuracy = clf.accuracy(train.x, train.y)
     res.test_accuracy = clf.accuracy(test.x, test.y) if test is not None else None
