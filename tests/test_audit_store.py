@@ -461,3 +461,15 @@ def test_batch_size_sets_the_attack_batches(small_model, tmp_path: Path) -> None
 def test_results_record_thread_count(baseline) -> None:
     import torch
     assert baseline[1]["threads"] == torch.get_num_threads()
+
+
+def test_leakage_split_is_part_of_its_key(ckpt: Path, tmp_path: Path) -> None:
+    def leak(split: str) -> Any:
+        return parse_config({"data": {"n": 4}, "sections": [
+            {"kind": "leakage", "attack": "dlg", "n": 1, "max_iter": 2, "split": split}]})
+
+    out = tmp_path / "run"
+    assert run_audit(ckpt, leak("test"), out).new_steps == 1
+    moved = run_audit(ckpt, leak("train"), out)
+    assert moved.cached_steps == 0 and moved.new_steps == 1
+    assert run_audit(ckpt, leak("train"), out).cached_steps == 1
