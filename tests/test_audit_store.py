@@ -36,6 +36,14 @@ BASE = {"data": {"n": 24}, "sections": [{"kind": "evasion", "attacks": [
 ]}]}
 
 
+@pytest.fixture(autouse=True)
+def no_plots(monkeypatch) -> None:
+    """Rendering PNGs is most of a small audit's time and is tested in test_audit.py."""
+    from bastion.audit import evasion_section
+    monkeypatch.setattr(evasion_section, "_grid_png", lambda t, names: b"png")
+    monkeypatch.setattr(evasion_section, "_curve_png", lambda curves, clean: b"png")
+
+
 def figures(res: dict[str, Any]) -> Any:
     """The sections' figures of a results dict, wall times left out."""
     def strip(o: Any) -> Any:
@@ -473,3 +481,22 @@ def test_leakage_split_is_part_of_its_key(ckpt: Path, tmp_path: Path) -> None:
     moved = run_audit(ckpt, leak("train"), out)
     assert moved.cached_steps == 0 and moved.new_steps == 1
     assert run_audit(ckpt, leak("train"), out).cached_steps == 1
+
+
+def test_waiter_survives_the_holder_removing_the_folder(ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    held = threading.Event()
+
+    def holder() -> None:
+        with store_mod.run_lock(out):
+            held.set()
+            time.sleep(0.5)
+            shutil.rmtree(out)  # what a failed first run does with a folder it created
+
+    t = threading.Thread(target=holder)
+    out.mkdir()
+    t.start()
+    held.wait()
+    run = run_audit(ckpt, cfg(), out, wait=True)
+    t.join()
+    assert run.new_steps == 3 and (out / "results.json").is_file() and (out / ".lock").is_file()

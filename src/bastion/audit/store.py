@@ -192,27 +192,42 @@ def _holder(path: Path) -> str:
     return f"pid {pid}" if pid.isdigit() else "pid unknown"
 
 
+def _acquire(folder: Path, wait: bool) -> int:
+    path = folder / LOCK_NAME
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)  # a holder that failed may have removed it
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise os_error(path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise os_error(path, e) from None
+            raise DataError(f"run folder {folder} is in use by another audit ({_holder(path)}); "
+                            "wait for it to finish, pass --wait, or choose another --out") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder removed the folder while we waited: lock the new one
+
+
 @contextlib.contextmanager
 def run_lock(folder: Path, wait: bool = False) -> Iterator[Path]:
     """Hold an exclusive flock on `folder/.lock` for the block's duration. Another holder
     makes this raise DataError naming the folder and the holder's pid, or, with `wait`,
     blocks until it finishes. The lock dies with its process, so a killed audit never
     leaves the folder locked."""
-    path = Path(folder) / LOCK_NAME
+    folder = Path(folder)
+    fd = _acquire(folder, wait)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise os_error(path, e) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise os_error(path, e) from None
-            raise DataError(f"run folder {folder} is in use by another audit ({_holder(path)}); "
-                            "wait for it to finish, pass --wait, or choose another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield path
+        yield folder / LOCK_NAME
     finally:
         os.close(fd)
