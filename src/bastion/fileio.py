@@ -9,6 +9,7 @@ truncated one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -16,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from bastion.core import DataError
 
 
 def fsync_dir(folder: Path) -> None:
@@ -75,3 +78,56 @@ def _finite(o: Any) -> Any:
 def strict_json(obj: Any, indent: int | None = 2) -> str:
     """JSON that every parser accepts: NaN and infinities become null, odd types str."""
     return json.dumps(_finite(obj), indent=indent, default=str, allow_nan=False)
+
+
+_FIXES = {
+    errno.EACCES: "make it writable or choose another folder",
+    errno.EPERM: "make it writable or choose another folder",
+    errno.EROFS: "the file system is read-only; choose a folder on a writable one",
+    errno.ENOSPC: "the disk is full; free space or choose a folder on another disk",
+    errno.EDQUOT: "the disk quota is exhausted; free space or choose another folder",
+    errno.ENAMETOOLONG: "the path is longer than the file system allows; choose a shorter one",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.EEXIST: "a file of that name is in the way; remove it or choose another path",
+}
+
+
+def os_error(path: str | Path, err: OSError, what: str = "cannot write") -> DataError:
+    """A one-line DataError for an OSError met while writing under `path`, naming the path,
+    the cause and the fix."""
+    fix = _FIXES.get(err.errno or -1, "check the path and its permissions")
+    where = err.filename if err.filename else path
+    return DataError(f"{what} {where}: {err.strerror or err}; {fix}")
+
+
+def probe_writable(folder: str | Path) -> Path | None:
+    """Create `folder` (with its parents) and prove it writable by writing, fsyncing and
+    removing a probe file. Returns the topmost folder this call created (None when
+    `folder` existed), so a caller can undo the creation. Raises DataError (path, cause,
+    fix) for a read-only or full file system, a path that is too long or runs through a
+    file, or a `folder` that is an existing file."""
+    folder = Path(folder)
+    created = None
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise DataError(f"{folder} exists and is not a folder; remove it or choose another path")
+        for p in (folder, *folder.parents):
+            if p.exists():
+                break
+            created = p
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".probe-", suffix=".tmp")
+        try:
+            os.write(fd, b"probe\n" * 512)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            Path(name).unlink(missing_ok=True)
+    except DataError:
+        raise
+    except OSError as e:
+        if created is not None:
+            import shutil
+            shutil.rmtree(created, ignore_errors=True)
+        raise os_error(folder, e) from None
+    return created

@@ -125,6 +125,8 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
         runs = [None] if minimum_norm else budgets
         for eps in runs:
             attack = _build(a, eps)
+            if "batch_size" in {f.name for f in dataclasses.fields(attack)} and "batch_size" not in a.params:
+                attack = dataclasses.replace(attack, batch_size=ctx.batch_size)
             key = f"evasion/{label}/eps={eps}/{a.model_dump_json()}/n={len(y)}/seed={ctx.seed}"
 
             def work(attack: Attack = attack, key: str = key,

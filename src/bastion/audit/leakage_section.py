@@ -172,7 +172,7 @@ def run_leakage_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput
     for init in spec.inits:
         for defense in spec.defenses:
             key = (f"leakage/{spec.attack}/{init}/{defense}/n={n}/b={spec.batch}/it={spec.max_iter}/"
-                   f"u={spec.uniform_init}/{sorted(spec.params.items())}/seed={ctx.seed}")
+                   f"u={spec.uniform_init}/{sorted(spec.params.items())}/split={spec.split}/seed={ctx.seed}")
 
             def work(init: str = init, defense: str = defense, key: str = key) -> dict[str, Any]:
                 row, rec = attack_examples(model, x, y, spec.attack, init, defense, spec.batch,

@@ -76,7 +76,7 @@ def run_membership_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOut
     spec, mia = _mia_config(cfg, ctx.seed)
     mode = mia.resolve()
     key = (f"membership/{','.join(spec.attacks)}/{spec.shadows}/{mode}/{spec.eval_size}/{spec.augment}/"
-           f"{spec.variance}/{spec.shadow_epochs}/{spec.pool_size}/seed={ctx.seed}")
+           f"{spec.variance}/{spec.shadow_epochs}/{spec.pool_size}/{spec.method}/seed={ctx.seed}")
 
     def work() -> dict[str, Any]:
         rep = audit_membership(ctx.model, ctx.train, ctx.test, mia, cache_dir=ctx.out_dir / "shadows")

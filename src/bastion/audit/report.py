@@ -39,10 +39,13 @@ def render(results: dict[str, Any], sections: list[SectionOutput]) -> str:
     info = [("checkpoint", m.get("checkpoint")), ("architecture", m.get("arch")),
             ("data", f"{results['data']['name']} / {results['data']['split']} (n = {results['data']['n']})"),
             ("clean accuracy", results.get("clean_accuracy")), ("seed", results["seed"]),
-            ("device", results["device"]), ("wall time (s)", results.get("wall_time_s")),
+            ("device", results["device"]), ("intra-op threads", results.get("threads")),
+            ("wall time (s)", results.get("wall_time_s")), ("run id", results.get("run_id")),
             ("versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items()))]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Bastion audit: "
-             f"{html.escape(str(m.get('name', 'model')))}</title><style>{CSS}</style></head><body>",
+             f"{html.escape(str(m.get('name', 'model')))}</title>"
+             f"<meta name='bastion-run-id' content='{html.escape(str(results.get('run_id', '')))}'>"
+             f"<style>{CSS}</style></head><body>",
              f"<h1>Bastion security audit</h1><p class='meta'>generated {html.escape(results['finished'])}</p>",
              "<table class='kv'>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>"
                                             for k, v in info) + "</table>"]

@@ -1,11 +1,13 @@
-"""Run an audit: validate everything, run each section (resumably), write results.json and
-report.html atomically at the end."""
+"""Run an audit: validate everything (config, checkpoint, data, every section) before the
+run folder is touched, lock the folder, run each section (resumably), then replace
+results.json and report.html as a pair."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,11 @@ import torch
 from bastion.audit.config import AuditConfig
 from bastion.audit.report import render
 from bastion.audit.sections import AuditContext, SectionOutput, get_section, validate_section
-from bastion.audit.store import RunStore, atomic_write, model_fingerprint
-from bastion.core import Classifier, ConfigError, resolve_device, seed_everything
+from bastion.audit.store import LOCK_NAME, RunStore, model_fingerprint, run_lock, tensor_digest
+from bastion.core import BastionError, Classifier, ConfigError, resolve_device, seed_everything
 from bastion.data import load
 from bastion.data.dataset import Dataset
+from bastion.fileio import atomic_write, fsync_dir, os_error, probe_writable, strict_json
 from bastion.models.checkpoint import library_versions, load_classifier
 
 
@@ -39,11 +42,22 @@ def _select(model: Classifier, data: Dataset, n: int, only_correct: bool) -> Dat
     return data.take(n)
 
 
-def run_audit(model: Classifier | str | Path, cfg: AuditConfig, out_dir: str | Path,
-              data: str | None = None, device: str = "auto", root: str | Path | None = None) -> AuditRun:
-    """Audit `model` (a Classifier or a checkpoint path) as configured; outputs go to
-    `out_dir`. Finished steps found in `out_dir` are reused (resume)."""
-    started = time.perf_counter()
+@dataclass
+class _Prepared:
+    """Everything an audit needs, loaded and validated; nothing written yet."""
+
+    model: Classifier
+    checkpoint: Path | None
+    device: torch.device
+    data_name: str
+    root: str | Path | None
+    train: Dataset
+    test: Dataset
+    sections: list[dict[str, Any]]
+
+
+def _prepare(model: Classifier | str | Path, cfg: AuditConfig, data: str | None, device: str,
+             root: str | Path | None) -> _Prepared:
     dev = resolve_device(device)
     checkpoint = None
     if not isinstance(model, Classifier):
@@ -68,38 +82,107 @@ def run_audit(model: Classifier | str | Path, cfg: AuditConfig, out_dir: str | P
     train = load(data_name, "train", root=root) if cfg.data.split != "train" else test_full
     seed_everything(cfg.seed)
     test = _select(model, test_full, cfg.data.n, cfg.data.only_correct)
+    return _Prepared(model, checkpoint, dev, data_name, root, train, test, sections)
+
+
+def run_context(p: _Prepared, cfg: AuditConfig) -> dict[str, Any]:
+    """Everything outside a step's own parameters that determines its result: hashed into
+    every step's cache key (see bastion.audit.store)."""
+    versions = library_versions()
+    return {
+        "model": model_fingerprint(p.model), "input_spec": p.model.spec.to_dict(),
+        "data": {"name": str(p.data_name), "split": cfg.data.split, "n": cfg.data.n,
+                 "only_correct": cfg.data.only_correct,
+                 "root": None if p.root is None else str(Path(p.root).resolve())},
+        "test": tensor_digest(p.test.x, p.test.y), "train": tensor_digest(p.train.x, p.train.y),
+        "seed": cfg.seed, "batch_size": cfg.batch_size, "device": p.device.type,
+        "versions": {"bastion": versions["bastion"], "torch": versions["torch"]},
+    }
+
+
+def _holds_work(out: Path) -> bool:
+    """Whether `out` holds any file worth keeping (a finished step, a shadow model, ...)."""
+    return any(f.is_file() and f.name != LOCK_NAME for f in out.rglob("*"))
+
+
+def run_audit(model: Classifier | str | Path, cfg: AuditConfig, out_dir: str | Path,
+              data: str | None = None, device: str = "auto", root: str | Path | None = None,
+              wait: bool = False) -> AuditRun:
+    """Audit `model` (a Classifier or a checkpoint path) as configured; outputs go to
+    `out_dir`. Finished steps found in `out_dir` are reused (resume) when their whole key
+    matches. Another audit writing into `out_dir` makes this raise DataError, or with
+    `wait` wait for it. A failure before any step finished removes the folder again when
+    this call created it."""
+    started = time.perf_counter()
+    prep = _prepare(model, cfg, data, device, root)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    store = RunStore(out, model_fingerprint(model))
-    ctx = AuditContext(model=model, train=train, test=test, out_dir=out, seed=cfg.seed,
-                       checkpoint=checkpoint, meta=dict(model.meta), step=store.step,
-                       save_tensors=store.save_tensors, load_tensors=store.load_tensors)
+    created = probe_writable(out)
+    with run_lock(out, wait=wait):
+        try:
+            return _execute(prep, cfg, out, started)
+        except BaseException:
+            if created is not None and not _holds_work(out):
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+
+
+def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float) -> AuditRun:
+    model, test = prep.model, prep.test
+    context = run_context(prep, cfg)
+    store = RunStore(out, context)
+    store.remove_stale_temps()
+    ctx = AuditContext(model=model, train=prep.train, test=test, out_dir=out, seed=cfg.seed,
+                       checkpoint=prep.checkpoint, meta=dict(model.meta), step=store.step,
+                       save_tensors=store.save_tensors, load_tensors=store.load_tensors,
+                       batch_size=cfg.batch_size)
     clean = model.accuracy(test.x, test.y)
     outputs: list[SectionOutput] = []
-    for s in sections:
-        seed_everything(cfg.seed)
-        outputs.append(get_section(s["kind"])(ctx, s))
+    try:
+        for s in prep.sections:
+            seed_everything(cfg.seed)
+            outputs.append(get_section(s["kind"])(ctx, s))
+    except BastionError:
+        raise
+    except OSError as e:
+        raise os_error(out, e, "audit failed on") from None
+    run_id = uuid.uuid4().hex
     results = {
+        "run_id": run_id,
         "config": cfg.model_dump(),
         "seed": cfg.seed,
-        "device": str(dev),
+        "device": str(prep.device),
+        "threads": torch.get_num_threads(),
         "versions": library_versions(),
-        "model": {"checkpoint": None if checkpoint is None else str(checkpoint), "name": model.name,
-                  "arch": model.meta.get("arch"), "num_classes": model.num_classes,
+        "model": {"checkpoint": None if prep.checkpoint is None else str(prep.checkpoint),
+                  "name": model.name, "arch": model.meta.get("arch"), "num_classes": model.num_classes,
                   "input_spec": model.spec.to_dict(),
                   "test_accuracy_recorded": model.meta.get("test_accuracy"),
                   "privacy": model.meta.get("privacy")},
-        "data": {"name": data_name, "split": cfg.data.split, "n": len(test)},
+        "data": {"name": prep.data_name, "split": cfg.data.split, "n": len(test)},
         "clean_accuracy": clean,
         "sections": {o.name: {"kind": o.kind, "summary": o.summary,
                               "tables": [{"title": t.title, "columns": t.columns, "rows": t.rows}
                                          for t in o.tables]} for o in outputs},
-        "steps": {"cached": store.hits, "new": store.misses},
+        "steps": {"cached": store.hits, "new": store.misses, "corrupt_recomputed": store.corrupt},
+        "cache_context": context,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": time.perf_counter() - started,
     }
-    text = json.dumps(results, indent=2, default=str, allow_nan=True)
-    html_text = render(results, outputs)
-    atomic_write(out / "results.json", text)
-    atomic_write(out / "report.html", html_text)
+    write_outputs(out, strict_json(results), render(results, outputs))
     return AuditRun(out, results, outputs, store.hits, store.misses)
+
+
+def write_outputs(out: Path, results_text: str, report_text: str) -> None:
+    """Replace results.json and report.html as a pair: the old pair is removed first, the
+    report written next, results.json last. results.json present therefore means a
+    finished run whose report.html carries the same run id; a kill in between leaves
+    no results.json rather than a mismatched pair."""
+    paths = (out / "results.json", out / "report.html")
+    try:
+        for p in paths:
+            p.unlink(missing_ok=True)
+        fsync_dir(out)
+        atomic_write(paths[1], report_text)
+        atomic_write(paths[0], results_text)
+    except OSError as e:
+        raise os_error(out, e) from None

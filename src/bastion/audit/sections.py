@@ -60,6 +60,7 @@ class AuditContext:
     step: Callable[[str, Callable[[], Any]], Any]
     save_tensors: Callable[[str, dict[str, torch.Tensor]], None]
     load_tensors: Callable[[str], dict[str, torch.Tensor] | None]
+    batch_size: int = 250  # the config's batch_size: examples per attack batch
 
 
 SectionFn = Callable[[AuditContext, dict[str, Any]], SectionOutput]

@@ -17,17 +17,22 @@ def audit_cmd(
     data: str = typer.Option(None, "--data", "-d", help="Data set (default: the checkpoint's)."),
     config: Path = typer.Option(None, "--config", "-c", help="Audit config YAML (default: FGSM + PGD "
                                 "at eps 0.05..0.3)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder, e.g. runs/NAME (re-use it to resume)."),
+    out: str = typer.Option(..., "--out", "-o", help="Run folder, e.g. runs/NAME (re-use it to resume)."),
     n: int = typer.Option(None, "--n", help="Examples to evaluate (overrides the config)."),
     seed: int = typer.Option(None, "--seed", help="Seed (overrides the config)."),
     root: Path = ROOT_OPTION,
     device: str = DEVICE_OPTION,
+    wait: bool = typer.Option(False, "--wait", help="If another audit is writing into --out, wait for "
+                              "it to finish instead of refusing."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Audit a model: attacks over budgets, a table here, results.json + report.html in --out."""
     from bastion.audit import load_config, run_audit
     from bastion.core import ConfigError
 
+    if not out.strip():
+        raise ConfigError("--out is empty; name a run folder, e.g. --out runs/NAME")
+    out_dir = Path(out)
     cfg = load_config(config)
     if n is not None:
         if n < 1:
@@ -35,14 +40,14 @@ def audit_cmd(
         cfg.data.n = n
     if seed is not None:
         cfg.seed = seed
-    run = run_audit(model, cfg, out, data=data, device=device, root=root)
+    run = run_audit(model, cfg, out_dir, data=data, device=device, root=root, wait=wait)
     res = run.results
     console.print(f"[bold]{res['model']['name']}[/] on {res['data']['name']} ({res['data']['n']} examples): "
                   f"clean accuracy {res['clean_accuracy']:.4f}", highlight=False)
     for sec in run.sections:
         for t in sec.tables:
             console.print(table(f"{sec.name}: {t.title}", t.columns, t.rows))
-    console.print(f"steps: {run.new_steps} run, {run.cached_steps} reused from {out}", highlight=False)
-    console.print(f"[green]report[/] {out / 'report.html'}   [green]results[/] {out / 'results.json'}",
+    console.print(f"steps: {run.new_steps} run, {run.cached_steps} reused from {out_dir}", highlight=False)
+    console.print(f"[green]report[/] {out_dir / 'report.html'}   [green]results[/] {out_dir / 'results.json'}",
                   highlight=False)
     emit(res, as_json)
