@@ -19,7 +19,8 @@ def _recipe() -> list[list[str]]:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     bin_dir = str(Path(sys.executable).parent)
-    out = subprocess.run(["make", "-n", "crosscheck", f"BIN={bin_dir}", "STAMP=Makefile"],
+    out = subprocess.run(["make", "-n", "-o", "Makefile", "crosscheck", f"BIN={bin_dir}",
+                          "STAMP=Makefile"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return [shlex.split(line) for line in out.splitlines() if line.strip()]
 
