@@ -8,7 +8,19 @@ from pathlib import Path
 import typer
 
 from bastion.cli.app import app
-from bastion.cli.common import DEVICE_OPTION, JSON_OPTION, ROOT_OPTION, console, emit, table
+from bastion.cli.common import (
+    DEVICE_OPTION,
+    JSON_OPTION,
+    MAX_EXAMPLES,
+    ROOT_OPTION,
+    check_common,
+    check_input_path,
+    check_int,
+    check_out_dir,
+    console,
+    emit,
+    table,
+)
 
 
 @app.command("audit")
@@ -26,12 +38,14 @@ def audit_cmd(
 ) -> None:
     """Audit a model: attacks over budgets, a table here, results.json + report.html in --out."""
     from bastion.audit import load_config, run_audit
-    from bastion.core import ConfigError
 
+    check_int(n, "--n", 1, MAX_EXAMPLES)
+    check_common(seed, device, root)
+    check_input_path(model, "--model")
+    check_input_path(config, "--config")
+    check_out_dir(out, "--out")
     cfg = load_config(config)
     if n is not None:
-        if n < 1:
-            raise ConfigError(f"--n must be >= 1, got {n}")
         cfg.data.n = n
     if seed is not None:
         cfg.seed = seed

@@ -9,6 +9,7 @@ from typing import Any
 from bastion.core import InputSpec, resolve_device
 from bastion.data import load
 from bastion.models import build_classifier, save_classifier
+from bastion.paths import check_out_file
 from bastion.training.fit import TrainConfig, fit
 
 
@@ -23,9 +24,7 @@ def train_and_save(arch: str, data: str, out: str | Path, *, epochs: int = 5, ba
                       patience=patience, progress=progress)
     cfg.validate()
     out = Path(out)
-    if out.suffix not in (".st", ".safetensors"):
-        from bastion.core import ConfigError
-        raise ConfigError(f"checkpoint path must end in .st or .safetensors, got {out}")
+    check_out_file(out, "checkpoint path", (".st", ".safetensors"))
     dev = resolve_device(device)
     train, test = load(data, "train", root=root), load(data, "test", root=root)
     import torch
@@ -45,13 +44,11 @@ def train_dp_and_save(arch: str, data: str, out: str | Path, *, dp: Any, arch_ar
                       on_eval: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train zoo model `arch` on `data` with DP-SGD (`dp`: a `DPConfig`) and save it with a
     `privacy` metadata record (parameters and the epsilon spent under every accountant)."""
-    from bastion.core import ConfigError
     from bastion.training.dp import check_dp_model, train_dp
 
     dp.validate()
     out = Path(out)
-    if out.suffix not in (".st", ".safetensors"):
-        raise ConfigError(f"checkpoint path must end in .st or .safetensors, got {out}")
+    check_out_file(out, "checkpoint path", (".st", ".safetensors"))
     dev = resolve_device(device)
     train, test = load(data, "train", root=root), load(data, "test", root=root)
     dp.validate(len(train))
