@@ -68,7 +68,10 @@ def parse_kv(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        try:
+            out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"--arg {k.strip()}: value {v!r} is not a YAML scalar"[:300]) from None
     return out
 
 

@@ -23,8 +23,10 @@ def epsilon_cmd(
 ) -> None:
     """Epsilon spent after T steps under basic, advanced and optimal composition, zCDP,
     the moments accountant and RDP with the tight conversion (= Opacus)."""
+    from bastion.cli.common import check_float
     from bastion.privacy.accountants import LABELS, compute_epsilons
 
+    check_float(sigma, "--sigma", low=1e-6)  # below it sigma^2 underflows; epsilon is unbounded anyway
     eps = compute_epsilons(q, sigma, steps, delta)
     console.print(table(f"epsilon at delta={delta:g} (q={q:g}, sigma={sigma:g}, T={steps})",
                         ["accountant", "name", "epsilon"],

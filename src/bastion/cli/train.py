@@ -63,8 +63,8 @@ def train_cmd(
     check_int(patience, "--patience", 1, MAX_EPOCHS)
     check_int(dp_steps, "--steps", 1, MAX_STEPS)
     check_float(lr, "--lr", positive=True, high=1e3)
-    for flag, v in (("--sigma", sigma), ("--clip", clip)):
-        check_float(v, flag, positive=True)
+    check_float(sigma, "--sigma", low=1e-6)
+    check_float(clip, "--clip", positive=True)
     check_float(delta, "--delta", positive=True, high=1.0)
     check_float(target_eps, "--target-eps", positive=True)
     check_float(target_acc, "--target-acc", low=0.0, high=1.0)
