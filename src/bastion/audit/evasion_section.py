@@ -86,6 +86,7 @@ def _parse(cfg: dict[str, Any]) -> EvasionSpec:
             raise ConfigError(f"attack {a.attack!r} is fixed-budget: give eps: [...]")
         if a.targeted is not None and not cls.supports_targeted:
             raise ConfigError(f"attack {a.attack!r} is untargeted only")
+        registry.check_param_types(cls, a.attack, a.params)
         attack = _build(a, None if cls.kind == MINIMUM_NORM else (a.eps or [None])[0])
         norm = _norm_of(attack)
         for eps in a.eps or []:
