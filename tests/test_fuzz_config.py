@@ -51,10 +51,10 @@ def _paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
     out = [prefix]
     if isinstance(obj, dict):
         for k, v in obj.items():
-            out += _paths(v, prefix + (k,))
+            out += _paths(v, (*prefix, k))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            out += _paths(v, prefix + (i,))
+            out += _paths(v, (*prefix, i))
     return out
 
 
