@@ -449,7 +449,9 @@ def check_number(value: Any, name: str, *, low: float | None = None, high: float
     if not math.isfinite(value):
         raise ConfigError(f"{name} must be finite, got {value}")
     if low is not None and (value <= low if low_open else value < low):
-        raise ConfigError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {value:g}")
+        bound = ("positive" if low_open else "non-negative") if low == 0 else \
+            f"{'>' if low_open else '>='} {low:g}"
+        raise ConfigError(f"{name} must be {bound}, got {value:g}")
     if high is not None and value > high:
         raise ConfigError(f"{name} must be <= {high:g}, got {value:g}")
     return value
