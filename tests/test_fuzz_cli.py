@@ -166,7 +166,10 @@ def _argv(cmd: str, data: st.DataObject, model: Path, tmp: Path) -> tuple[list[s
             outs.append(Path(v))
         if flag == "--arg":
             v = data.draw(st.sampled_from(["steps", "eps", "alpha", "restarts", "norm", "bogus", "", "lr",
-                                           "width", "max_iter"]), label="key") + "=" + v
+                                           "width", "max_iter", "hidden", "depth", "channels", "activation",
+                                           "dropout"]), label="key") + "=" + v
+        if flag == "--model" and cmd == "train" and data.draw(st.booleans(), label="zoo"):
+            v = data.draw(st.sampled_from(["mlp", "resnet", "cnn-small", "lenet", "cnn7"]), label="arch")
         argv += [flag, v]
     if cmd == "attack" and "--n" not in chosen:
         argv += ["--n", "2"]

@@ -260,3 +260,13 @@ def test_audit_out_empty_refused(ckpt, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     refused(["audit", "-m", str(ckpt), "--out", ""], "empty")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("model,arg,word", [
+    ("mlp", "hidden=abc", "hidden"), ("mlp", "hidden=-3", "hidden"), ("mlp", "hidden=[1000000,1000000]", "parameters"),
+    ("resnet", "depth=abc", "depth"), ("resnet", "width=1000000", "parameters"),
+])
+def test_model_arguments_typed_and_bounded(model, arg, word, tmp_path):
+    """Found by fuzzing: a string or a huge width reached torch (TypeError, a 10^12-weight allocation)."""
+    refused(["train", "--model", model, "--epochs", "1", "--out", str(tmp_path / "m.st"), "--arg", arg], word)
+    assert list(tmp_path.iterdir()) == []

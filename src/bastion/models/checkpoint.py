@@ -39,10 +39,56 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+MAX_PARAMETERS = 2**28  # 1 GiB of float32 weights
+
+
+def _fits_default(value: Any, default: Any) -> bool:
+    """Whether an architecture argument has the type of its default (ints positive)."""
+    def pos_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return pos_int(value)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and all(pos_int(v) for v in value)
+    return True
+
+
+def _check_arch_args(arch: str, spec: InputSpec, num_classes: int, args: dict[str, Any]) -> None:
+    """Type-check architecture arguments and refuse models too large to build: the model
+    is first built on the 'meta' device (no memory) to count its parameters."""
+    import inspect
+
+    if arch not in zoo.BUILDERS:
+        zoo.create(arch, spec.shape, num_classes)  # raises the standard unknown-name error
+    params = inspect.signature(zoo.BUILDERS[arch]).parameters
+    for k, v in args.items():
+        if k in params and not _fits_default(v, params[k].default):
+            raise ConfigError(f"model {arch!r}: argument {k}={v!r} does not fit its default "
+                              f"{params[k].default!r} (type and sign)"[:300])
+    try:
+        with torch.device("meta"):
+            probe = zoo.create(arch, spec.shape, num_classes, **args)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
+        raise ConfigError(f"model {arch!r}: arguments {args} cannot build it ({e})"[:300]) from None
+    n = sum(p.numel() for p in probe.parameters())
+    if n > MAX_PARAMETERS:
+        raise ConfigError(f"model {arch!r} with {args} would have {n:,} parameters; the limit is "
+                          f"{MAX_PARAMETERS:,}")
+
+
 def build_classifier(arch: str, spec: InputSpec, num_classes: int, arch_args: dict[str, Any] | None = None,
                      device: str | torch.device | None = "auto", name: str | None = None) -> Classifier:
     """A fresh zoo model wrapped as a Classifier, with its architecture recorded in meta."""
     args = dict(arch_args or {})
+    _check_arch_args(arch, spec, num_classes, args)
     module = zoo.create(arch, spec.shape, num_classes, **args)
     return Classifier(module, spec, num_classes, device=device, name=name or arch,
                       meta={"arch": arch, "arch_args": args})
