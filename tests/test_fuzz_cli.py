@@ -27,7 +27,7 @@ from bastion.cli.main import run
 COUNTS: Counter[str] = Counter()
 _ids = itertools.count()
 # BASTION_FUZZ_EXAMPLES=N (and BASTION_FUZZ_RANDOM=1) widen a local exploration run.
-EXAMPLES = int(os.environ.get("BASTION_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("BASTION_FUZZ_EXAMPLES", "100"))
 OUTCOMES: Counter[str] = Counter()
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
                     derandomize=not os.environ.get("BASTION_FUZZ_RANDOM"),
