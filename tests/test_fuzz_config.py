@@ -147,3 +147,61 @@ def test_fuzz_random_config():
     before = COUNT["random"]
     prop()
     _report("random", before)
+
+
+JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
+                              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                    max_leaves=8)
+
+
+def test_fuzz_checkpoint_metadata(small_model, tmp_path_factory):
+    """Mutated `bastion` metadata (wrong JSON types, missing keys, NaN, huge shapes): loading
+    either succeeds or raises CheckpointError, never anything else."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from bastion.core import CheckpointError
+    from bastion.models import load_classifier, save_classifier
+
+    d = tmp_path_factory.mktemp("fuzz-meta")
+    good = save_classifier(d / "good.st", small_model, dataset="mnist-5k")
+    state = load_file(str(good))
+    from safetensors import safe_open
+    with safe_open(str(good), framework="pt") as f:
+        meta = json.loads(f.metadata()["bastion"])
+    keys = ["arch", "num_classes", "input_spec", "arch_args", "name", "dataset"]
+    spec_keys = ["shape", "bounds", "mean", "std"]
+    count = {"n": 0, "loaded": 0}
+
+    @settings(max_examples=EXAMPLES // 2, deadline=None, derandomize=not os.environ.get("BASTION_FUZZ_RANDOM"))
+    @given(whole=st.one_of(st.none(), JSON), key=st.sampled_from(keys), spec_key=st.sampled_from(spec_keys),
+           value=JSON, where=st.sampled_from(["top", "spec", "drop"]))
+    def prop(whole, key, spec_key, value, where):
+        m = copy.deepcopy(meta)
+        if whole is not None and not isinstance(whole, dict):
+            m = whole
+        elif where == "top":
+            m[key] = value
+        elif where == "spec":
+            m["input_spec"][spec_key] = value
+        else:
+            m.pop(key, None)
+        path = d / f"m{count['n']}.st"
+        save_file(state, str(path), metadata={"bastion": json.dumps(m)})
+        count["n"] += 1
+        try:
+            load_classifier(path, device="cpu")
+            count["loaded"] += 1
+        except CheckpointError as e:
+            assert str(e).strip()
+        finally:
+            path.unlink()
+
+    prop()
+    from test_fuzz_cli import _record
+    print(f"fuzz checkpoint metadata: {count['n']} cases ({count['loaded']} loaded)")
+    _record("checkpoint metadata", count["n"])
+    assert count["n"] >= min(EXAMPLES // 2, 50)

@@ -168,7 +168,13 @@ def test_mia_arguments(argv, word, ckpt, monkeypatch):
                                   '{"arch": "cnn-small", "num_classes": 10, "input_spec": {"shape": [1, 28, 28], '
                                   '"std": [NaN]}}',
                                   '{"arch": "cnn-small", "num_classes": 10, "input_spec": {"shape": [1, 100000, '
-                                  '100000]}}'])
+                                  '100000]}}',
+                                  # found by fuzzing: explicit null bounds, a mean per wrong channel count,
+                                  # a data set name that is not a string
+                                  '{"arch": "cnn-small", "num_classes": 10, "input_spec": {"shape": [1, 28, 28], '
+                                  '"bounds": null}, "dataset": 5}',
+                                  '{"arch": "cnn-small", "num_classes": 10, "input_spec": {"shape": [1, 28, 28], '
+                                  '"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}'])
 def test_checkpoint_metadata_of_wrong_type(meta, ckpt, tmp_path):
     bad = _with_meta(ckpt, tmp_path / "bad.st", meta)
     with pytest.raises(CheckpointError):

@@ -141,7 +141,7 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
-        return cls(shape=tuple(d["shape"]), bounds=tuple(d.get("bounds", (0.0, 1.0))),  # type: ignore[arg-type]
+        return cls(shape=tuple(d["shape"]), bounds=tuple(d.get("bounds") or (0.0, 1.0)),  # type: ignore[arg-type]
                    mean=None if d.get("mean") is None else tuple(d["mean"]),
                    std=None if d.get("std") is None else tuple(d["std"]))
 

@@ -141,6 +141,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: Bastion metadata must be a JSON object, got "
                               f"{type(meta).__name__}; re-save it with bastion.models.save_classifier")
+    for key in ("arch", "dataset", "name"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise CheckpointError(f"{path}: metadata {key!r} must be a string, got {meta[key]!r}"[:300])
     return meta
 
 
@@ -169,6 +172,11 @@ def _spec_of(path: Path, meta: dict[str, Any]) -> tuple[InputSpec, int, str, dic
         if v is not None and (not isinstance(v, list) or not all(
                 isinstance(a, (int, float)) and not isinstance(a, bool) for a in v)):
             raise CheckpointError(f"{path}: metadata input_spec.{key} must be a list of numbers, got {v!r}"[:300])
+    for key in ("mean", "std"):
+        v = raw.get(key)
+        if v is not None and len(v) not in (1, raw["shape"][0]):
+            raise CheckpointError(f"{path}: metadata input_spec.{key} has {len(v)} values; the input "
+                                  f"has {raw['shape'][0]} channel(s)")
     if raw.get("bounds") is not None and len(raw["bounds"]) != 2:
         raise CheckpointError(f"{path}: metadata input_spec.bounds must be [low, high], got {raw['bounds']}")
     try:
