@@ -276,3 +276,19 @@ def test_model_arguments_typed_and_bounded(model, arg, word, tmp_path):
     """Found by fuzzing: a string or a huge width reached torch (TypeError, a 10^12-weight allocation)."""
     refused(["train", "--model", model, "--epochs", "1", "--out", str(tmp_path / "m.st"), "--arg", arg], word)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_diverged_weights_are_never_saved(tmp_path, monkeypatch):
+    """A finite loss can still leave infinite weights (e.g. DP training): nothing is saved."""
+    import bastion.training.pipeline as pipeline
+    from bastion.training.fit import DivergedError, TrainResult
+
+    def poisoned_fit(clf, *a, **k):
+        with torch.no_grad():
+            next(clf.module.parameters()).fill_(math.inf)
+        return TrainResult(test_accuracy=0.1, train_accuracy=0.1)
+    monkeypatch.setattr(pipeline, "fit", poisoned_fit)
+    out = tmp_path / "m.st"
+    with pytest.raises(DivergedError, match="nothing was saved"):
+        pipeline.train_and_save("mlp", "mnist-5k", out, epochs=1, progress=False)
+    assert not out.exists()

@@ -13,6 +13,18 @@ from bastion.paths import check_out_file
 from bastion.training.fit import TrainConfig, fit
 
 
+def check_finite_weights(clf: Any) -> None:
+    """Refuse to save a model whose training diverged (NaN or infinite weights)."""
+    import torch
+
+    from bastion.training.fit import DivergedError
+
+    for name, t in clf.module.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DivergedError(f"training diverged: tensor {name!r} holds NaN or infinite values; lower "
+                                "the learning rate; nothing was saved")
+
+
 def train_and_save(arch: str, data: str, out: str | Path, *, epochs: int = 5, batch_size: int = 32,
                    lr: float = 1e-3, optimizer: str = "adam", patience: int | None = None,
                    arch_args: dict[str, Any] | None = None, root: str | Path | None = None,
@@ -31,6 +43,7 @@ def train_and_save(arch: str, data: str, out: str | Path, *, epochs: int = 5, ba
     torch.manual_seed(seed)
     clf = build_classifier(arch, train.input_spec(), train.num_classes, arch_args, device=dev)
     res = fit(clf, train, test, cfg, on_epoch=on_epoch)
+    check_finite_weights(clf)
     save_classifier(out, clf, dataset=data, test_accuracy=res.test_accuracy,
                     train_accuracy=res.train_accuracy, seed=seed, training=res.config,
                     history=res.history, class_names=train.class_names)
@@ -57,6 +70,7 @@ def train_dp_and_save(arch: str, data: str, out: str | Path, *, dp: Any, arch_ar
     clf = build_classifier(arch, InputSpec(train.input_shape), train.num_classes, arch_args, device=dev)
     check_dp_model(clf, fix=dp.fix_batchnorm)
     res = train_dp(clf, train, test, dp, on_eval=on_eval)
+    check_finite_weights(clf)
     privacy = res.privacy_record()
     save_classifier(out, clf, dataset=data, test_accuracy=res.test_accuracy,
                     train_accuracy=res.train_accuracy, seed=dp.seed, training=res.config,
