@@ -68,12 +68,31 @@ def available_cores() -> int:
         return max(os.cpu_count() or 1, 1)
 
 
+DEVICE_TYPES = ("cpu", "cuda")
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N' as a torch.device; anything
+    else (empty, lists like 'cpu,cuda', 'meta', an absent GPU index) is a ConfigError."""
     if device is None or device == "auto":
         return default_device()
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        if not isinstance(device, str):
+            raise ConfigError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
+        try:
+            dev = torch.device(device.strip())
+        except (RuntimeError, ValueError, TypeError):
+            raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in DEVICE_TYPES:
+        raise ConfigError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA "
+                              "device(s) are present; use cuda:0 or cpu")
     return dev
 
 
@@ -108,8 +127,12 @@ class InputSpec:
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, tuple(float(a) for a in v))
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise ConfigError(f"std must be positive, got {self.std}")
+        if not all(math.isfinite(b) for b in self.bounds):
+            raise ConfigError(f"input bounds must be finite, got {self.bounds}")
+        if self.mean is not None and not all(math.isfinite(m) for m in self.mean):
+            raise ConfigError(f"mean must be finite, got {self.mean}")
+        if self.std is not None and not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ConfigError(f"std must be positive and finite, got {self.std}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "bounds": list(self.bounds),
@@ -118,7 +141,7 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
-        return cls(shape=tuple(d["shape"]), bounds=tuple(d.get("bounds", (0.0, 1.0))),  # type: ignore[arg-type]
+        return cls(shape=tuple(d["shape"]), bounds=tuple(d.get("bounds") or (0.0, 1.0)),  # type: ignore[arg-type]
                    mean=None if d.get("mean") is None else tuple(d["mean"]),
                    std=None if d.get("std") is None else tuple(d["std"]))
 
@@ -403,9 +426,42 @@ class AttackResult:
         return AttackResult(**{k: mv(getattr(self, k)) for k in self.__dataclass_fields__})
 
 
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """A seed must be an integer in [0, 2^63 - 1] (what torch's generators accept)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{name} must be an integer, got {seed!r}")
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{name} must lie in [0, 2^63 - 1], got {seed}")
+    return seed
+
+
+def check_number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, integer: bool = False) -> Any:
+    """Refuse non-numbers, NaN, infinities and values outside [low, high] (or (low, high]
+    with `low_open`) with a one-line ConfigError naming the value; return it unchanged."""
+    ok_types = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be finite, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        bound = ("positive" if low_open else "non-negative") if low == 0 else \
+            f"{'>' if low_open else '>='} {low:g}"
+        raise ConfigError(f"{name} must be {bound}, got {value:g}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be <= {high:g}, got {value:g}")
+    return value
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch (CPU and CUDA), numpy and random; return a CPU generator for local use."""
     import random
+
+    check_seed(seed)
 
     import numpy as np
     random.seed(seed)

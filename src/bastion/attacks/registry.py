@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import MISSING, fields
 from typing import Any
 
@@ -42,9 +45,68 @@ def create(name: str, **params: Any) -> Attack:
     bad = sorted(set(params) - valid)
     if bad:
         raise ConfigError(f"{cls.name}: unknown parameter(s) {bad}; valid: {sorted(valid)}")
-    attack = cls(**params)
-    attack.validate()
+    check_param_types(cls, cls.name, params)
+    try:
+        attack = cls(**params)
+        attack.validate()
+    except (TypeError, ValueError, OverflowError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{cls.name}: invalid parameters {params} ({e})"[:400]) from None
     return attack
+
+
+def check_param_types(cls: type, label: str, params: dict[str, Any]) -> None:
+    """Refuse parameter values whose type does not fit the dataclass field (a string for
+    an int, a list for a float, NaN, a bool for a number) or beyond LIMITS."""
+    hints = typing.get_type_hints(cls)
+    for key, value in params.items():
+        _check_type(label, key, value, hints.get(key))
+
+
+def _type_name(tp: Any) -> str:
+    return " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a))
+                       for a in (typing.get_args(tp) if typing.get_origin(tp) in _UNIONS else (tp,)))
+
+
+_UNIONS = (typing.Union, types.UnionType)
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether `value` (read from YAML or --arg) fits the field annotation `tp`."""
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is None:
+        return True
+    if origin in _UNIONS:
+        return any(_fits(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+    if tp is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value) if args else True
+    return True
+
+
+# Upper bounds on the work-sizing parameters, so that no config starts an unbounded run.
+LIMITS = {"steps": 100_000, "max_iter": 100_000, "restarts": 1_000, "max_queries": 10_000_000,
+          "batch_size": 65_536, "n_restarts": 1_000, "iterations": 100_000}
+
+
+def _check_type(attack: str, key: str, value: Any, tp: Any) -> None:
+    if not _fits(value, tp):
+        raise ConfigError(f"{attack}: parameter {key} must be {_type_name(tp)} (finite), got {value!r}"[:300])
+    if key in LIMITS and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and value > LIMITS[key]:
+        raise ConfigError(f"{attack}: parameter {key} must be <= {LIMITS[key]}, got {value}")
 
 
 def describe(name: str) -> dict[str, Any]:

@@ -19,17 +19,20 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bastion.core import ConfigError
+from bastion.core import SEED_MAX, ConfigError
 
 DEFAULT_EPS = [0.05, 0.1, 0.15, 0.2, 0.3]
+MAX_N = 1_000_000  # examples per audit
+MAX_BATCH = 65_536
 
 
 class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, description="data set; default: the checkpoint's or --data")
     split: str = "test"
-    n: int = Field(500, ge=1, description="examples to evaluate (first n of the split)")
-    only_correct: bool = Field(False, description="keep only examples the model classifies correctly")
+    n: int = Field(500, ge=1, le=MAX_N, strict=True, description="examples to evaluate (first n of the split)")
+    only_correct: bool = Field(False, strict=True,
+                               description="keep only examples the model classifies correctly")
     root: str | None = None
 
 
@@ -41,8 +44,8 @@ class SectionSpec(BaseModel):
 
 class AuditConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seed: int = 0
-    batch_size: int = Field(250, ge=1)
+    seed: int = Field(0, ge=0, le=SEED_MAX, strict=True)
+    batch_size: int = Field(250, ge=1, le=MAX_BATCH, strict=True)
     data: DataSpec = Field(default_factory=DataSpec)
     sections: list[SectionSpec] = Field(default_factory=list)
 

@@ -32,7 +32,10 @@ def _validate(cfg: dict[str, Any]) -> None:
     if unknown:
         raise ConfigError(f"dp section: unknown option(s) {sorted(unknown)}; valid: accountants, delta")
     if cfg.get("delta") is not None:
-        check_delta(float(cfg["delta"]))
+        d = cfg["delta"]
+        if isinstance(d, bool) or not isinstance(d, (int, float)):
+            raise ConfigError(f"dp section: delta must be a number in (0, 1), got {d!r}")
+        check_delta(float(d))
     if not isinstance(cfg.get("accountants", False), bool):
         raise ConfigError(f"dp section: accountants must be true or false, got {cfg['accountants']!r}")
 

@@ -8,6 +8,7 @@ their results (never by clipping). Every (attack, budget) run is one resumable s
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -31,7 +32,8 @@ GRID_EXAMPLES = 8
 class AttackSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     attack: str
-    eps: list[float] | None = Field(None, description="budgets; minimum-norm attacks: evaluation budgets")
+    eps: list[float] | None = Field(None, max_length=1000,
+                                    description="budgets; minimum-norm attacks: evaluation budgets")
     targeted: str | None = Field(None, description="most | ll | next | random")
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
@@ -39,13 +41,29 @@ class AttackSpec(BaseModel):
     @field_validator("eps", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
-        return [v] if isinstance(v, (int, float)) else v
+        v = [v] if isinstance(v, (int, float)) else v
+        if isinstance(v, list) and any(isinstance(e, bool) for e in v):
+            raise ValueError(f"budgets must be numbers, got {v}")
+        return v
 
     @field_validator("eps")
     @classmethod
     def _non_negative(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and any(e < 0 for e in v):
-            raise ValueError(f"budgets must be non-negative, got {v}")
+        if v is not None:
+            if not v:
+                raise ValueError("eps is an empty list; give at least one budget or omit it")
+            for e in v:
+                if not math.isfinite(e) or e < 0:
+                    raise ValueError(f"every budget must be finite and non-negative, got {e} in {v}")
+        return v
+
+    @field_validator("targeted")
+    @classmethod
+    def _target_mode(cls, v: str | None) -> str | None:
+        from bastion.attacks.evasion.targets import TARGET_MODES
+
+        if v is not None and v not in TARGET_MODES:
+            raise ValueError(f"targeted must be one of {', '.join(TARGET_MODES)}, got {v!r}")
         return v
 
 
@@ -68,8 +86,25 @@ def _parse(cfg: dict[str, Any]) -> EvasionSpec:
             raise ConfigError(f"attack {a.attack!r} is fixed-budget: give eps: [...]")
         if a.targeted is not None and not cls.supports_targeted:
             raise ConfigError(f"attack {a.attack!r} is untargeted only")
-        _build(a, a.eps[0] if a.eps else None)  # validates the parameters now
+        registry.check_param_types(cls, a.attack, a.params)
+        attack = _build(a, None if cls.kind == MINIMUM_NORM else (a.eps or [None])[0])
+        norm = _norm_of(attack)
+        for eps in a.eps or []:
+            _check_budget(a.attack, norm, eps)
+            if cls.kind != MINIMUM_NORM:
+                _build(a, eps)  # every instance the run will create, built now
     return spec
+
+
+# Largest sensible budget per norm for inputs in [0, 1]: Linf cannot exceed the value range;
+# the others are capped far above any meaningful perturbation of a 4096 x 4096 RGB image.
+MAX_BUDGET = {"linf": 1.0, "l2": 1e4, "l1": 1e8, "l0": 1e8}
+
+
+def _check_budget(attack: str, norm: str, eps: float) -> None:
+    if eps > MAX_BUDGET[norm]:
+        raise ConfigError(f"attack {attack!r}: budget {eps:g} exceeds the largest sensible {norm} "
+                          f"budget {MAX_BUDGET[norm]:g} for inputs in [0, 1]")
 
 
 def _build(spec: AttackSpec, eps: float | None) -> Attack:

@@ -51,9 +51,9 @@ class LeakageSpec(BaseModel):
     attack: str = "cpl"
     inits: list[str] = Field(default_factory=lambda: ["patterned"])
     defenses: list[str] = Field(default_factory=lambda: ["none"])
-    n: int = Field(4, ge=1, le=64)
-    batch: int = Field(1, ge=1, le=16)
-    max_iter: int = Field(100, ge=1)
+    n: int = Field(4, ge=1, le=64, strict=True)
+    batch: int = Field(1, ge=1, le=16, strict=True)
+    max_iter: int = Field(100, ge=1, le=100_000, strict=True)
     split: str = "test"
     uniform_init: bool = False
     params: dict[str, Any] = Field(default_factory=dict)
@@ -70,12 +70,24 @@ def _parse(cfg: dict[str, Any]) -> LeakageSpec:
         raise ConfigError("invalid leakage section:\n" + "\n".join(lines)) from None
     if spec.split not in ("train", "test"):
         raise ConfigError(f"leakage split must be 'train' or 'test', got {spec.split!r}")
+    check_leakage_params(spec.attack, spec.params)
     for init in spec.inits:
         make_config(spec.attack, init=init, max_iter=spec.max_iter, **spec.params)
     for d in spec.defenses:
         if d != "none":
             parse_defense(d)
     return spec
+
+
+def check_leakage_params(attack: str, params: dict[str, Any]) -> None:
+    """Type-check extra leakage-attack parameters against the attack's config fields."""
+    from bastion.attacks.privacy.leakage import ATTACKS
+    from bastion.attacks.registry import check_param_types
+    from bastion.core import unknown_name
+
+    if attack not in ATTACKS:
+        raise unknown_name("leakage attack", attack, ATTACKS)
+    check_param_types(ATTACKS[attack][1], attack, params)
 
 
 def grid_figure(originals: torch.Tensor, rows: list[tuple[str, torch.Tensor]],

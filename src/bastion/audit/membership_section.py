@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bastion.audit.sections import (
     AuditContext,
@@ -33,29 +33,49 @@ from bastion.audit.sections import (
 )
 from bastion.core import ConfigError
 
+SHADOW_METHODS = ("auto", "loop", "vmap", "process")
+MAX_SHADOWS = 1024
+
 
 class MembershipSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str = "membership"
     name: str | None = None
     attacks: list[str] = Field(default_factory=lambda: ["lira", "lira-offline", "rmia", "yeom", "gap"])
-    shadows: int = Field(16, ge=0)
+    shadows: int = Field(16, ge=0, le=MAX_SHADOWS, strict=True)
     attacker_data: str = "auto"
-    eval_size: int = Field(500, ge=1)
+    eval_size: int = Field(500, ge=1, le=1_000_000, strict=True)
     augment: str = "none"
     variance: str = "auto"
-    shadow_epochs: int | None = Field(None, ge=1)
+    shadow_epochs: int | None = Field(None, ge=1, le=10_000, strict=True)
     method: str = "auto"
-    pool_size: int | None = Field(None, ge=4)
+    pool_size: int | None = Field(None, ge=4, le=10_000_000, strict=True)
+
+    @field_validator("variance")
+    @classmethod
+    def _variance(cls, v: str) -> str:
+        from bastion.attacks.privacy.membership.lira import VARIANCES
+
+        if v not in VARIANCES:
+            raise ValueError(f"variance must be one of {', '.join(VARIANCES)}, got {v!r}")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in SHADOW_METHODS:
+            raise ValueError(f"method must be one of {', '.join(SHADOW_METHODS)}, got {v!r}")
+        return v
 
 
 def _mia_config(cfg: dict[str, Any], seed: int = 0) -> tuple[MembershipSpec, Any]:
     from bastion.attacks.privacy.membership import MIAConfig
 
     try:
-        spec = MembershipSpec(**cfg)
+        spec = MembershipSpec.model_validate(cfg)
     except ValidationError as e:
-        raise ConfigError(f"membership section: {e}") from e
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid membership section:\n" + "\n".join(lines)) from None
     mia = MIAConfig(attacks=tuple(spec.attacks), shadows=spec.shadows, attacker_data=spec.attacker_data,
                     eval_size=spec.eval_size, augment=spec.augment, lira_variance=spec.variance,
                     shadow_epochs=spec.shadow_epochs, method=spec.method, pool_size=spec.pool_size,

@@ -15,8 +15,14 @@ from bastion.cli.app import app
 from bastion.cli.common import (
     DEVICE_OPTION,
     JSON_OPTION,
+    MAX_EXAMPLES,
     ROOT_OPTION,
     SEED_OPTION,
+    check_common,
+    check_float,
+    check_input_path,
+    check_int,
+    check_out_file,
     console,
     emit,
     parse_kv,
@@ -65,8 +71,7 @@ def build_attack(name: str, norm: str | None, eps: float | None, extra: dict[str
         if "eps" not in field_names:
             raise ConfigError(f"attack {cls.name!r} has no eps budget ({cls.kind}); drop --eps and "
                               "apply budgets to its norms afterwards")
-        if eps < 0:
-            raise ConfigError(f"--eps must be non-negative, got {eps}")
+        check_float(eps, "--eps", low=0.0)
         params["eps"] = eps
     return registry.create(cls.name, **params)
 
@@ -114,12 +119,12 @@ def attack_cmd(
     from bastion.metrics.evasion import evasion_metrics
     from bastion.models import load_classifier, read_metadata
 
-    if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
+    check_int(n, "--n", 1, MAX_EXAMPLES)
+    check_common(seed, device, root)
+    check_input_path(model, "--model")
     if targeted is not None and targeted.lower() not in TARGET_MODES:
         raise unknown_name("target mode", targeted, TARGET_MODES)
-    if out is not None and out.suffix != ".npz":
-        raise ConfigError(f"--out must end in .npz, got {out}")
+    check_out_file(out, "--out", (".npz",))
     atk = build_attack(attack, norm, eps, parse_kv(arg))
     if targeted is not None and not type(atk).supports_targeted:
         raise ConfigError(f"attack {type(atk).name!r} is untargeted only; drop --targeted")

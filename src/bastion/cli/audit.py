@@ -8,7 +8,19 @@ from pathlib import Path
 import typer
 
 from bastion.cli.app import app
-from bastion.cli.common import DEVICE_OPTION, JSON_OPTION, ROOT_OPTION, console, emit, table
+from bastion.cli.common import (
+    DEVICE_OPTION,
+    JSON_OPTION,
+    MAX_EXAMPLES,
+    ROOT_OPTION,
+    check_common,
+    check_input_path,
+    check_int,
+    check_out_dir,
+    console,
+    emit,
+    table,
+)
 
 
 @app.command("audit")
@@ -33,10 +45,13 @@ def audit_cmd(
     if not out.strip():
         raise ConfigError("--out is empty; name a run folder, e.g. --out runs/NAME")
     out_dir = Path(out)
+    check_int(n, "--n", 1, MAX_EXAMPLES)
+    check_common(seed, device, root)
+    check_input_path(model, "--model")
+    check_input_path(config, "--config")
+    check_out_dir(out_dir, "--out")
     cfg = load_config(config)
     if n is not None:
-        if n < 1:
-            raise ConfigError(f"--n must be >= 1, got {n}")
         cfg.data.n = n
     if seed is not None:
         cfg.seed = seed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -10,6 +11,9 @@ from rich.table import Table
 
 from bastion.core import ConfigError
 from bastion.fileio import strict_json
+from bastion.paths import check_input_path as check_input_path
+from bastion.paths import check_out_dir as check_out_dir
+from bastion.paths import check_out_file as check_out_file
 
 # Human-readable output goes to stderr so that `--json` leaves stdout clean for scripts.
 # Logs and CI pipes are not terminals; rich would squeeze tables into 80 columns there.
@@ -64,7 +68,10 @@ def parse_kv(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        try:
+            out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"--arg {k.strip()}: value {v!r} is not a YAML scalar"[:300]) from None
     return out
 
 
@@ -76,3 +83,40 @@ def parse_floats(text: str, name: str) -> list[float]:
     if not vals:
         raise ConfigError(f"{name}: at least one value needed")
     return vals
+
+
+# --------------------------------------------------------------------------- argument checks
+# Documented upper bounds (README, "Limits"): beyond them a run is a typo, not an experiment.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_EXAMPLES = 1_000_000
+MAX_STEPS = 10_000_000
+
+
+def check_int(value: int | None, flag: str, low: int = 1, high: int | None = None) -> None:
+    """`flag`'s integer lies in [low, high] (None passes: the option was not given)."""
+    if value is None:
+        return
+    if value < low or (high is not None and value > high):
+        rng = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"{flag} must be {rng}, got {value}")
+
+
+def check_float(value: float | None, flag: str, *, low: float | None = 0.0, positive: bool = False,
+                high: float | None = None) -> None:
+    """`flag`'s number is finite and in range (None passes: the option was not given)."""
+    from bastion.core import check_number
+
+    if value is not None:
+        check_number(value, flag, low=low, high=high, low_open=positive)
+
+
+def check_common(seed: int | None = None, device: str | None = None, root: Path | None = None) -> None:
+    """The options most commands share: seed range, device string, --root path."""
+    from bastion.core import check_seed, resolve_device
+
+    if seed is not None:
+        check_seed(seed, "--seed")
+    if device is not None:
+        resolve_device(device)
+    check_input_path(root, "--root")

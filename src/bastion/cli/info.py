@@ -42,13 +42,17 @@ def datasets_cmd(as_json: bool = JSON_OPTION) -> None:
 def info_cmd(checkpoint: Path = typer.Argument(..., help="A .st checkpoint."),
              as_json: bool = JSON_OPTION) -> None:
     """Show a checkpoint's metadata (architecture, data, accuracy, versions)."""
+    from bastion.cli.common import check_input_path
     from bastion.models import read_metadata
 
+    check_input_path(checkpoint, "CHECKPOINT")
     meta = read_metadata(checkpoint)
+    from rich.markup import escape
+
     rec = meta.get("privacy")
     for k, v in meta.items():
         if k != "privacy" or not isinstance(rec, dict):
-            console.print(f"[bold]{k}[/]: {v}", highlight=False)
+            console.print(f"[bold]{escape(str(k))}[/]: {escape(str(v))}", highlight=False)
     if isinstance(rec, dict):
         _print_privacy(rec)
     emit(meta, as_json)

@@ -13,6 +13,10 @@ from bastion.cli.common import (
     JSON_OPTION,
     ROOT_OPTION,
     SEED_OPTION,
+    check_common,
+    check_input_path,
+    check_int,
+    check_out_dir,
     console,
     emit,
     parse_kv,
@@ -47,21 +51,30 @@ def leak_cmd(
 ) -> None:
     """Reconstruct private examples from the gradients they produce on a model."""
     from bastion.attacks.privacy.leakage import make_config, uniform_init_
-    from bastion.audit.leakage_section import COLUMNS, attack_examples, grid_figure
+    from bastion.audit.leakage_section import (
+        COLUMNS,
+        attack_examples,
+        check_leakage_params,
+        grid_figure,
+    )
     from bastion.core import ConfigError, seed_everything
     from bastion.data import load
     from bastion.defenses.gradient import parse_defense
     from bastion.models import load_classifier
 
     params = parse_kv(arg)
-    if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
+    check_int(n, "--n", 1, 1024)
+    check_int(max_iter, "--max-iter", 1, 100_000)
+    check_common(seed, device, root)
+    check_input_path(model, "--model")
+    check_out_dir(out, "--out")
     if not 1 <= batch <= 16:
         raise ConfigError(f"--batch must be in [1, 16], got {batch}")
     if n < batch:
         raise ConfigError(f"--n {n} is smaller than --batch {batch}")
     if split not in ("train", "test"):
         raise ConfigError(f"--split must be train or test, got {split!r}")
+    check_leakage_params(attack, params)
     cfg_probe = make_config(attack, init=init, max_iter=max_iter, **params)  # validate early
     if defense is not None:
         parse_defense(defense)

@@ -1,7 +1,8 @@
 """Entry point of the `bastion` console script.
 
 Bastion's own errors (bad names, shapes, ranges, files) exit with code 2 and one clear
-line; usage errors exit 2 as well (click's convention).
+line; so do file-system refusals (name too long, permission denied, full disk). Usage
+errors exit 2 as well (click's convention).
 """
 
 from __future__ import annotations
@@ -37,8 +38,24 @@ def run(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BastionError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {one_line(str(e))}", highlight=False, markup=True,
+                      soft_wrap=True)
         return 2
+    except OSError as e:
+        # the file system refused (name too long, permission, full disk, I/O error): the
+        # user's environment, not a bug in Bastion
+        name = str(e.filename) if getattr(e, "filename", None) else ""
+        where = f" ({name[:200]}{'...' if len(name) > 200 else ''})" if name else ""
+        msg = one_line(f"{e.strerror or e}{where}")
+        console.print(f"[bold red]error:[/] file system: {msg}", highlight=False, soft_wrap=True)
+        return 2
+
+
+def one_line(text: str) -> str:
+    """A multi-line message (e.g. a list of config errors) joined into one line."""
+    from rich.markup import escape as _escape
+
+    return _escape("; ".join(p.strip() for p in text.splitlines() if p.strip()).replace(":;", ":"))
 
 
 def main() -> None:

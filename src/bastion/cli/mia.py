@@ -18,8 +18,14 @@ from bastion.cli.app import app
 from bastion.cli.common import (
     DEVICE_OPTION,
     JSON_OPTION,
+    MAX_EPOCHS,
+    MAX_EXAMPLES,
     ROOT_OPTION,
     SEED_OPTION,
+    check_common,
+    check_input_path,
+    check_int,
+    check_out_dir,
     console,
     emit,
     table,
@@ -54,12 +60,26 @@ def mia_cmd(
 ) -> None:
     """Membership inference against a checkpoint: AUC, advantage, TPR at 0.1% / 1% FPR."""
     from bastion.attacks.privacy.membership import MIAConfig, audit_membership
+    from bastion.attacks.privacy.membership.lira import VARIANCES
     from bastion.attacks.privacy.membership.runner import config_dict
+    from bastion.audit.membership_section import MAX_SHADOWS, SHADOW_METHODS
     from bastion.cli.common import to_json
-    from bastion.core import ConfigError
+    from bastion.core import ConfigError, unknown_name
     from bastion.data import load
     from bastion.models import load_classifier, read_metadata
 
+    check_int(shadows, "--shadows", 0, MAX_SHADOWS)
+    check_int(eval_size, "--eval-size", 1, MAX_EXAMPLES)
+    check_int(epochs, "--shadow-epochs", 1, MAX_EPOCHS)
+    check_int(pool_size, "--pool-size", 4, 10_000_000)
+    check_common(seed, device, root)
+    check_input_path(model, "--model")
+    check_input_path(cache, "--cache")
+    check_out_dir(out, "--out")
+    if method not in SHADOW_METHODS:
+        raise unknown_name("shadow-training method", method, SHADOW_METHODS)
+    if variance not in VARIANCES:
+        raise unknown_name("LiRA variance", variance, VARIANCES)
     cfg = MIAConfig(attacks=tuple(a.strip() for a in attack.split(",") if a.strip()), shadows=shadows,
                     attacker_data=attacker_data, eval_size=eval_size, augment=augment, lira_variance=variance,
                     shadow_epochs=epochs, method=method, pool_size=pool_size,

@@ -24,9 +24,11 @@ def epsilon_cmd(
     """Epsilon after T steps: the guarantees (PLD, PRV, RDP, moments accountant) and the
     reference formulas (basic, advanced, optimal composition, zCDP), each labelled; the
     headline is the tightest guarantee."""
+    from bastion.cli.common import check_float
     from bastion.privacy.accountants import KINDS, LABELS, privacy_summary
     from bastion.privacy.statement import TABLE_COLUMNS, figure_rows, headline_line
 
+    check_float(sigma, "--sigma", low=1e-6)  # below it sigma^2 underflows; epsilon is unbounded anyway
     summ = privacy_summary(q, sigma, steps, delta)
     console.print(table(f"epsilon at delta={delta:g} (q={q:g}, sigma={sigma:g}, T={steps}; "
                         "Poisson sampling, add-or-remove-one adjacency)",

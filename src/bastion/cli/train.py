@@ -11,8 +11,15 @@ from bastion.cli.app import app
 from bastion.cli.common import (
     DEVICE_OPTION,
     JSON_OPTION,
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_STEPS,
     ROOT_OPTION,
     SEED_OPTION,
+    check_common,
+    check_float,
+    check_int,
+    check_out_file,
     console,
     emit,
     parse_kv,
@@ -24,9 +31,9 @@ def train_cmd(
     model: str = typer.Option("cnn7", "--model", "-m", help="Zoo architecture (see `bastion models`)."),
     data: str = typer.Option("mnist-5k", "--data", "-d", help="Data set (see `bastion datasets`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint path (.st, safetensors)."),
-    epochs: int = typer.Option(5, "--epochs"),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    lr: float = typer.Option(1e-3, "--lr"),
+    epochs: int = typer.Option(5, "--epochs", help="Passes over the training set (1..10000)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Minibatch size (1..65536)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (finite, > 0)."),
     optimizer: str = typer.Option("adam", "--optimizer"),
     patience: int = typer.Option(None, "--patience", help="Early stop after N epochs without gain."),
     arg: list[str] = typer.Option(None, "--arg", help="Model argument key=value (repeatable)."),
@@ -56,6 +63,18 @@ def train_cmd(
     """Train a model and write a safetensors checkpoint with its metadata."""
     from bastion.training.pipeline import train_and_save
 
+    check_int(epochs, "--epochs", 1, MAX_EPOCHS)
+    check_int(batch_size, "--batch-size", 1, MAX_BATCH_SIZE)
+    check_int(patience, "--patience", 1, MAX_EPOCHS)
+    check_int(dp_steps, "--steps", 1, MAX_STEPS)
+    check_float(lr, "--lr", positive=True, high=1e3)
+    check_float(sigma, "--sigma", low=1e-6)
+    check_float(clip, "--clip", positive=True)
+    check_float(delta, "--delta", positive=True, high=1.0)
+    check_float(target_eps, "--target-eps", positive=True)
+    check_float(target_acc, "--target-acc", low=0.0, high=1.0)
+    check_common(seed, device, root)
+    check_out_file(out, "--out", (".st", ".safetensors"))
     if dp:
         _train_dp(model, data, out, epochs, batch_size, lr, optimizer, arg, root, seed, device, as_json,
                   sigma, clip, delta, dynamic, decay, target_eps, target_acc, per_layer, dp_steps,

@@ -9,6 +9,7 @@ from the zoo, so loading never unpickles anything.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -21,6 +22,7 @@ from bastion.core import CheckpointError, Classifier, ConfigError, InputSpec
 from bastion.models import zoo
 
 FORMAT_VERSION = 1
+MAX_INPUT_NUMEL = 2**24  # values per example (a 4096 x 4096 image)
 
 
 def library_versions() -> dict[str, str]:
@@ -37,10 +39,56 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+MAX_PARAMETERS = 2**28  # 1 GiB of float32 weights
+
+
+def _fits_default(value: Any, default: Any) -> bool:
+    """Whether an architecture argument has the type of its default (ints positive)."""
+    def pos_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**31
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return pos_int(value)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and all(pos_int(v) for v in value)
+    return True
+
+
+def _check_arch_args(arch: str, spec: InputSpec, num_classes: int, args: dict[str, Any]) -> None:
+    """Type-check architecture arguments and refuse models too large to build: the model
+    is first built on the 'meta' device (no memory) to count its parameters."""
+    import inspect
+
+    if arch not in zoo.BUILDERS:
+        zoo.create(arch, spec.shape, num_classes)  # raises the standard unknown-name error
+    params = inspect.signature(zoo.BUILDERS[arch]).parameters
+    for k, v in args.items():
+        if k in params and not _fits_default(v, params[k].default):
+            raise ConfigError(f"model {arch!r}: argument {k}={v!r} does not fit its default "
+                              f"{params[k].default!r} (type and sign)"[:300])
+    try:
+        with torch.device("meta"):
+            probe = zoo.create(arch, spec.shape, num_classes, **args)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
+        raise ConfigError(f"model {arch!r}: arguments {args} cannot build it ({e})"[:300]) from None
+    n = sum(p.numel() for p in probe.parameters())
+    if n > MAX_PARAMETERS:
+        raise ConfigError(f"model {arch!r} with {args} would have {n:,} parameters; the limit is "
+                          f"{MAX_PARAMETERS:,}")
+
+
 def build_classifier(arch: str, spec: InputSpec, num_classes: int, arch_args: dict[str, Any] | None = None,
                      device: str | torch.device | None = "auto", name: str | None = None) -> Classifier:
     """A fresh zoo model wrapped as a Classifier, with its architecture recorded in meta."""
     args = dict(arch_args or {})
+    _check_arch_args(arch, spec, num_classes, args)
     module = zoo.create(arch, spec.shape, num_classes, **args)
     return Classifier(module, spec, num_classes, device=device, name=name or arch,
                       meta={"arch": arch, "arch_args": args})
@@ -87,28 +135,86 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: safetensors file without Bastion metadata; save it with "
                               "bastion.models.save_classifier")
     try:
-        return json.loads(header["bastion"])
-    except json.JSONDecodeError as e:
+        meta = json.loads(header["bastion"])
+    except (json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: corrupt metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: Bastion metadata must be a JSON object, got "
+                              f"{type(meta).__name__}; re-save it with bastion.models.save_classifier")
+    for key in ("arch", "dataset", "name"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise CheckpointError(f"{path}: metadata {key!r} must be a string, got {meta[key]!r}"[:300])
+    return meta
+
+
+def _spec_of(path: Path, meta: dict[str, Any]) -> tuple[InputSpec, int, str, dict[str, Any]]:
+    """Input spec, classes, architecture and its arguments from checked metadata."""
+    missing = [k for k in ("arch", "num_classes", "input_spec") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: metadata lacks {', '.join(missing)}; re-save it with "
+                              "bastion.models.save_classifier")
+    arch, n_cls, raw, args = meta["arch"], meta["num_classes"], meta["input_spec"], meta.get("arch_args", {})
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{path}: metadata 'arch' must be a string, got {arch!r}")
+    if isinstance(n_cls, bool) or not isinstance(n_cls, int) or not 2 <= n_cls <= 1_000_000:
+        raise CheckpointError(f"{path}: metadata 'num_classes' must be an integer in [2, 10^6], got {n_cls!r}")
+    if not isinstance(args, dict):
+        raise CheckpointError(f"{path}: metadata 'arch_args' must be an object, got {args!r}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("shape"), list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in raw["shape"]):
+        raise CheckpointError(f"{path}: metadata 'input_spec' must be an object with an integer "
+                              f"list 'shape', got {raw!r}"[:300])
+    if not 1 <= len(raw["shape"]) <= 4 or math.prod(raw["shape"]) > MAX_INPUT_NUMEL:
+        raise CheckpointError(f"{path}: metadata input_spec.shape {raw['shape']} is not 1 to 4 dimensions "
+                              f"of at most {MAX_INPUT_NUMEL} values per example")
+    for key in ("bounds", "mean", "std"):
+        v = raw.get(key)
+        if v is not None and (not isinstance(v, list) or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) for a in v)):
+            raise CheckpointError(f"{path}: metadata input_spec.{key} must be a list of numbers, got {v!r}"[:300])
+    for key in ("mean", "std"):
+        v = raw.get(key)
+        if v is not None and len(v) not in (1, raw["shape"][0]):
+            raise CheckpointError(f"{path}: metadata input_spec.{key} has {len(v)} values; the input "
+                                  f"has {raw['shape'][0]} channel(s)")
+    if raw.get("bounds") is not None and len(raw["bounds"]) != 2:
+        raise CheckpointError(f"{path}: metadata input_spec.bounds must be [low, high], got {raw['bounds']}")
+    try:
+        spec = InputSpec.from_dict(raw)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: invalid input_spec ({e})") from e
+    return spec, n_cls, arch, args
+
+
+def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or infinity: every figure computed from them is meaningless."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor {name!r} contains NaN or infinite values; the "
+                                  "checkpoint is corrupt or its training diverged")
 
 
 def load_classifier(path: str | Path, device: str | torch.device | None = "auto") -> Classifier:
     """Rebuild the zoo architecture named in the metadata and load the weights."""
     from safetensors.torch import load_file
 
+    path = Path(path)
     meta = read_metadata(path)
+    dev = resolve(device)
+    spec, n_cls, arch, args = _spec_of(path, meta)
+    name = meta.get("name")
     try:
-        spec = InputSpec.from_dict(meta["input_spec"])
-        clf = build_classifier(meta["arch"], spec, int(meta["num_classes"]), meta.get("arch_args", {}),
-                               device="cpu", name=meta.get("name"))
+        clf = build_classifier(arch, spec, n_cls, args, device="cpu",
+                               name=name if isinstance(name, str) else None)
         state = load_file(str(path))
         clf.module.load_state_dict(state, strict=True)
     except CheckpointError:
         raise
-    except (KeyError, RuntimeError, ConfigError, ValueError) as e:
-        raise CheckpointError(f"{path}: weights do not match the recorded architecture ({e})") from e
+    except (KeyError, RuntimeError, ConfigError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: weights do not match the recorded architecture ({e})"[:500]) from e
+    _check_finite(path, state)
     clf.meta.update({k: v for k, v in meta.items() if k not in ("arch_args",)})
-    return clf.to(resolve(device))
+    return clf.to(dev)
 
 
 def resolve(device: str | torch.device | None) -> torch.device:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,7 +59,7 @@ class Net(nn.Module):
 
 def mlp(in_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256),
         activation: str = "relu") -> nn.Module:
-    dims = [int(torch.tensor(in_shape).prod()), *hidden]
+    dims = [math.prod(int(s) for s in in_shape), *hidden]
     layers: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:]):
         layers += [nn.Linear(a, b), _act(activation)]

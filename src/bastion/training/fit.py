@@ -12,11 +12,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bastion.core import Classifier, ConfigError, seed_everything
+from bastion.core import Classifier, ConfigError, check_number, check_seed, seed_everything
 from bastion.data.dataset import Dataset
 from bastion.progress import task
 
 OPTIMIZERS = ("adam", "sgd")
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+
+
+class DivergedError(ConfigError):
+    """Training produced a non-finite loss (learning rate too high, or bad data)."""
 SCHEDULES = ("cosine", "constant")
 
 
@@ -49,12 +55,11 @@ class TrainConfig:
     progress: bool | None = None
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        check_number(self.epochs, "epochs", low=1, high=MAX_EPOCHS, integer=True)
+        check_number(self.batch_size, "batch_size", low=1, high=MAX_BATCH_SIZE, integer=True)
+        check_number(self.lr, "lr", low=0.0, low_open=True)
+        check_number(self.weight_decay, "weight_decay", low=0.0)
+        check_seed(self.seed)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -112,6 +117,10 @@ def fit(clf: Classifier, train: Dataset, test: Dataset | None = None, cfg: Train
                 idx = idx.to(dev)
                 logits = clf(x[idx])
                 loss = F.cross_entropy(logits, y[idx])
+                if not bool(torch.isfinite(loss)):
+                    raise DivergedError(f"training diverged: non-finite loss ({float(loss)}) at epoch "
+                                        f"{epoch}; lower the learning rate (now {cfg.lr:g}) or check "
+                                        "the data; nothing was saved")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

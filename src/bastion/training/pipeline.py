@@ -9,7 +9,20 @@ from typing import Any
 from bastion.core import InputSpec, resolve_device
 from bastion.data import load
 from bastion.models import build_classifier, save_classifier
+from bastion.paths import check_out_file
 from bastion.training.fit import TrainConfig, fit
+
+
+def check_finite_weights(clf: Any) -> None:
+    """Refuse to save a model whose training diverged (NaN or infinite weights)."""
+    import torch
+
+    from bastion.training.fit import DivergedError
+
+    for name, t in clf.module.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DivergedError(f"training diverged: tensor {name!r} holds NaN or infinite values; lower "
+                                "the learning rate; nothing was saved")
 
 
 def train_and_save(arch: str, data: str, out: str | Path, *, epochs: int = 5, batch_size: int = 32,
@@ -23,15 +36,14 @@ def train_and_save(arch: str, data: str, out: str | Path, *, epochs: int = 5, ba
                       patience=patience, progress=progress)
     cfg.validate()
     out = Path(out)
-    if out.suffix not in (".st", ".safetensors"):
-        from bastion.core import ConfigError
-        raise ConfigError(f"checkpoint path must end in .st or .safetensors, got {out}")
+    check_out_file(out, "checkpoint path", (".st", ".safetensors"))
     dev = resolve_device(device)
     train, test = load(data, "train", root=root), load(data, "test", root=root)
     import torch
     torch.manual_seed(seed)
     clf = build_classifier(arch, train.input_spec(), train.num_classes, arch_args, device=dev)
     res = fit(clf, train, test, cfg, on_epoch=on_epoch)
+    check_finite_weights(clf)
     save_classifier(out, clf, dataset=data, test_accuracy=res.test_accuracy,
                     train_accuracy=res.train_accuracy, seed=seed, training=res.config,
                     history=res.history, class_names=train.class_names)
@@ -45,13 +57,11 @@ def train_dp_and_save(arch: str, data: str, out: str | Path, *, dp: Any, arch_ar
                       on_eval: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train zoo model `arch` on `data` with DP-SGD (`dp`: a `DPConfig`) and save it with a
     `privacy` metadata record (parameters and the epsilon spent under every accountant)."""
-    from bastion.core import ConfigError
     from bastion.training.dp import check_dp_model, train_dp
 
     dp.validate()
     out = Path(out)
-    if out.suffix not in (".st", ".safetensors"):
-        raise ConfigError(f"checkpoint path must end in .st or .safetensors, got {out}")
+    check_out_file(out, "checkpoint path", (".st", ".safetensors"))
     dev = resolve_device(device)
     train, test = load(data, "train", root=root), load(data, "test", root=root)
     dp.validate(len(train))
@@ -60,6 +70,7 @@ def train_dp_and_save(arch: str, data: str, out: str | Path, *, dp: Any, arch_ar
     clf = build_classifier(arch, InputSpec(train.input_shape), train.num_classes, arch_args, device=dev)
     check_dp_model(clf, fix=dp.fix_batchnorm)
     res = train_dp(clf, train, test, dp, on_eval=on_eval)
+    check_finite_weights(clf)
     privacy = res.privacy_record()
     save_classifier(out, clf, dataset=data, test_accuracy=res.test_accuracy,
                     train_accuracy=res.train_accuracy, seed=dp.seed, training=res.config,

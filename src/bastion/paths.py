@@ -1,0 +1,87 @@
+"""Up-front checks of user-given paths: length limits, output files and folders writable.
+
+Run before any long work, so that a read-only folder, a full disk or a name the file
+system cannot hold is a one-line ConfigError, not a failure after training finished.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from bastion.core import ConfigError
+
+NAME_MAX = 255  # bytes per path component (Linux, macOS)
+PATH_MAX = 4096  # bytes per path
+
+
+def check_path_length(path: Path, flag: str) -> None:
+    """Refuse paths the file system cannot hold (ENAMETOOLONG) before any work."""
+    text = str(path)
+    if len(os.fsencode(text)) > PATH_MAX or any(len(os.fsencode(p)) > NAME_MAX for p in path.parts):
+        raise ConfigError(f"{flag}: path too long for the file system ({len(text)} characters, "
+                          f"components at most {NAME_MAX} bytes)")
+
+
+def check_input_path(path: Path | None, flag: str) -> None:
+    if path is not None:
+        check_path_length(path, flag)
+
+
+def _probe_writable(folder: Path, flag: str) -> None:
+    """Write and delete a small temporary file in `folder`: a read-only folder or a full disk
+    fails here, before any work, instead of after training or attacking."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".bastion-write-test.", dir=folder)
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot write in {folder} ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot write in {folder} ({e.strerror or e}; full disk?)") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _existing_ancestor(path: Path, flag: str) -> Path:
+    cur = path.absolute()
+    while not cur.exists():
+        if cur.is_symlink():
+            raise ConfigError(f"{flag}: {cur} is a dangling symbolic link")
+        cur = cur.parent
+    if not cur.is_dir():
+        raise ConfigError(f"{flag}: {cur} is a file, not a folder; choose another path")
+    return cur
+
+
+def check_out_file(path: Path | None, flag: str, suffixes: tuple[str, ...]) -> None:
+    """An output file: non-empty, right suffix, not an existing folder, its folder writable."""
+    if path is None:
+        return
+    if str(path) in ("", "."):
+        raise ConfigError(f"{flag} is empty; give a file name ending in {' or '.join(suffixes)}")
+    check_path_length(path, flag)
+    if path.suffix not in suffixes:
+        raise ConfigError(f"{flag} must end in {' or '.join(suffixes)}, got {path}")
+    if path.is_dir():
+        raise ConfigError(f"{flag}: {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    _probe_writable(_existing_ancestor(path.parent, flag), flag)
+
+
+def check_out_dir(path: Path | None, flag: str) -> None:
+    """An output folder: non-empty, not the current folder, not a file, writable."""
+    if path is None:
+        return
+    if str(path) in ("", "."):
+        raise ConfigError(f"{flag} is empty or the current folder; name a folder, e.g. runs/NAME")
+    check_path_length(path, flag)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag}: {path} exists and is not a folder")
+    _probe_writable(_existing_ancestor(path, flag), flag)
+
+
+__all__ = ["check_input_path", "check_out_dir", "check_out_file", "check_path_length"]
