@@ -70,12 +70,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("BASTION_QUIET", "1")
-    from conftest import _train_cached
-
     from bastion.attacks.evasion import PGD
     from bastion.core import seed_everything
     from bastion.data import load
     from bastion.defenses.preprocess import GradientMaskingWarning, Preprocessed
+    from conftest import _train_cached
 
     seed_everything(0)
     model = _train_cached("cnn-small", epochs=3)

@@ -271,3 +271,26 @@ def test_eot_attack_on_random_defense(small_model: Classifier, correct_batch) ->
     torch.manual_seed(0)
     assert d.accuracy(res.x_adv, y) <= 0.2
     assert d.accuracy(x, y) >= 0.9
+
+
+@pytest.mark.parametrize("quality", [25, 75])
+def test_jpeg_codec_agrees_with_libjpeg(mnist_test, quality: int) -> None:
+    """Cross-check against Pillow's libjpeg on grey MNIST digits: the torch codec's
+    output differs from libjpeg's by a small fraction of JPEG's own distortion."""
+    import io
+
+    import numpy as np
+    image = pytest.importorskip("PIL.Image")
+    x = mnist_test.x[:20]
+    ref = []
+    for im in x:
+        buf = io.BytesIO()
+        image.fromarray((im[0].numpy() * 255).round().astype(np.uint8)).save(buf, "JPEG",
+                                                                              quality=quality)
+        buf.seek(0)
+        ref.append(torch.from_numpy(np.array(image.open(buf))).float() / 255)
+    ref_t = torch.stack(ref).unsqueeze(1)
+    ours = JPEG(quality)(x)
+    gap = float((ours - ref_t).abs().mean())
+    distortion = float((x - ref_t).abs().mean())
+    assert gap < 0.5 / 255 and gap < 0.15 * distortion

@@ -1,6 +1,6 @@
 """Non-local means (Buades et al. 2005): replace each pixel by the average of the pixels
 in an a x a search window, each weighted by how similar its b x b patch is to the
-pixel's own patch. Liu et al.'s XEnsemble writes "NLM-a-b-c"; its default 11-2-4 is used
+pixel's own patch. The XEnsemble defense writes "NLM-a-b-c"; its default 11-2-4 is used
 here (Xu et al. 2018 use 13-3-2 on CIFAR-10).
 
 Weight of a neighbour q for pixel p: exp(-d2(p, q) / h^2), with d2 the mean squared

@@ -1,4 +1,4 @@
-"""Colour-depth reduction (Xu et al. 2018, feature squeezing; Liu et al.'s XEnsemble
+"""Colour-depth reduction (Xu et al. 2018, feature squeezing; the XEnsemble defense
 "quan-k-bit"): round every value to one of 2^k evenly spaced levels of the bounds.
 
 With k = 1 on [0, 1], values below 0.5 become 0 and values above become 1 (the sources'

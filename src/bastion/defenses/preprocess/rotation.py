@@ -1,5 +1,5 @@
 """Rotation by +-degrees about the image centre (bilinear; kornia), the geometric
-denoiser of Liu et al.'s XEnsemble (angles -12..+12 degrees). Fixed: every image turns by
+denoiser of the XEnsemble defense (angles -12..+12 degrees). Fixed: every image turns by
 `degrees`. Random (`randomize=True`): each image turns by an angle drawn uniformly from
 [-degrees, +degrees] on every call, a random input transformation attacked with EOT.
 Differentiable either way.

@@ -48,8 +48,8 @@ def chambolle_tv(x: torch.Tensor, weight: float, iterations: int, tau: float = 0
 @register
 @dataclass(frozen=True)
 class TVMinimization(Transform):
-    """TV denoising with `weight` (default 0.03 in units of the value range, Guo et al.'s
-    lambda_TV) and `iterations` (default 30) of Chambolle's algorithm."""
+    """TV denoising with `weight` (default 0.03 in units of the value range, a mild
+    smoothing) and `iterations` (default 30) of Chambolle's algorithm."""
 
     name = "tv"
 
