@@ -294,3 +294,13 @@ def test_jpeg_codec_agrees_with_libjpeg(mnist_test, quality: int) -> None:
     gap = float((ours - ref_t).abs().mean())
     distortion = float((x - ref_t).abs().mean())
     assert gap < 0.5 / 255 and gap < 0.15 * distortion
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("t", ALL, ids=IDS)
+def test_transforms_stay_on_cuda(t) -> None:
+    x = _images(c=3, size=16).cuda()
+    out = t(x)
+    assert out.device == x.device and out.shape == x.shape
+    if not t.random:  # rounding may flip a level here and there; on average they agree
+        assert float((out.cpu() - t(x.cpu())).abs().mean()) < 1 / 255
