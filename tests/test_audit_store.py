@@ -359,7 +359,7 @@ def test_out_that_is_a_file_or_runs_through_one(ckpt: Path, tmp_path: Path, caps
     assert cli(_cli_args(ckpt, f / "sub", tmp_path)) == 2
     assert str(f) in one_line_error(capsys)
     assert cli(_cli_args(ckpt, tmp_path / ("x" * 300), tmp_path)) == 2
-    assert "longer than the file system allows" in one_line_error(capsys)
+    assert "too long for the file system" in one_line_error(capsys)
     assert cli([*_cli_args(ckpt, Path(""), tmp_path)[:-1], ""]) == 2
     assert "--out is empty" in one_line_error(capsys)
     assert f.read_text() == "keep me" and no_attack == []

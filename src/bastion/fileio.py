@@ -100,6 +100,18 @@ def os_error(path: str | Path, err: OSError, what: str = "cannot write") -> Data
     return DataError(f"{what} {where}: {err.strerror or err}; {fix}")
 
 
+def write_probe(folder: str | Path, size: int = 65536) -> None:
+    """Write `size` bytes to a temporary file in the existing `folder`, fsync and remove
+    it: a read-only folder or a full disk raises OSError here rather than after long work."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".bastion-probe-", suffix=".tmp")
+    try:
+        os.write(fd, b"\0" * size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        Path(name).unlink(missing_ok=True)
+
+
 def probe_writable(folder: str | Path) -> Path | None:
     """Create `folder` (with its parents) and prove it writable by writing, fsyncing and
     removing a probe file. Returns the topmost folder this call created (None when
@@ -116,13 +128,7 @@ def probe_writable(folder: str | Path) -> Path | None:
                 break
             created = p
         folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=folder, prefix=".probe-", suffix=".tmp")
-        try:
-            os.write(fd, b"probe\n" * 512)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            Path(name).unlink(missing_ok=True)
+        write_probe(folder)
     except DataError:
         raise
     except OSError as e:

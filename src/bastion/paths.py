@@ -7,10 +7,10 @@ system cannot hold is a one-line ConfigError, not a failure after training finis
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from bastion.core import ConfigError
+from bastion.fileio import os_error, write_probe
 
 NAME_MAX = 255  # bytes per path component (Linux, macOS)
 PATH_MAX = 4096  # bytes per path
@@ -29,22 +29,12 @@ def check_input_path(path: Path | None, flag: str) -> None:
         check_path_length(path, flag)
 
 
-def _probe_writable(folder: Path, flag: str) -> None:
-    """Write and delete a small temporary file in `folder`: a read-only folder or a full disk
-    fails here, before any work, instead of after training or attacking."""
+def _probe_writable(folder: Path, flag: str, target: Path) -> None:
+    """A read-only folder or a full disk fails here, before any work (see fileio.write_probe)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".bastion-write-test.", dir=folder)
+        write_probe(folder)
     except OSError as e:
-        raise ConfigError(f"{flag}: cannot write in {folder} ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"\0" * 65536)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise ConfigError(f"{flag}: cannot write in {folder} ({e.strerror or e}; full disk?)") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"{flag} {target}: {os_error(folder, e, 'cannot write in')}") from None
 
 
 def _existing_ancestor(path: Path, flag: str) -> Path:
@@ -69,7 +59,7 @@ def check_out_file(path: Path | None, flag: str, suffixes: tuple[str, ...]) -> N
         raise ConfigError(f"{flag} must end in {' or '.join(suffixes)}, got {path}")
     if path.is_dir():
         raise ConfigError(f"{flag}: {path} is a folder; give a file name ending in {' or '.join(suffixes)}")
-    _probe_writable(_existing_ancestor(path.parent, flag), flag)
+    _probe_writable(_existing_ancestor(path.parent, flag), flag, path)
 
 
 def check_out_dir(path: Path | None, flag: str) -> None:
@@ -81,7 +71,7 @@ def check_out_dir(path: Path | None, flag: str) -> None:
     check_path_length(path, flag)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag}: {path} exists and is not a folder")
-    _probe_writable(_existing_ancestor(path, flag), flag)
+    _probe_writable(_existing_ancestor(path, flag), flag, path)
 
 
 __all__ = ["check_input_path", "check_out_dir", "check_out_file", "check_path_length"]
