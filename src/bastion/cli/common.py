@@ -10,6 +10,7 @@ from rich.table import Table
 
 from bastion.core import ConfigError
 from bastion.fileio import strict_json
+from bastion.safe_yaml import load_yaml_text
 
 # Human-readable output goes to stderr so that `--json` leaves stdout clean for scripts.
 # Logs and CI pipes are not terminals; rich would squeeze tables into 80 columns there.
@@ -58,13 +59,12 @@ def fmt(v: Any) -> str:
 
 def parse_kv(items: list[str] | None) -> dict[str, Any]:
     """Parse repeated `--arg key=value` options; values are read as YAML scalars."""
-    import yaml
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise ConfigError(f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        out[k.strip().replace("-", "_")] = load_yaml_text(v, f"--arg {k.strip()}")
     return out
 
 
