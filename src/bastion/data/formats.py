@@ -182,6 +182,13 @@ def _bounded_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     return np.ndarray.__new__(subtype, shape, dtype)
 
 
+def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    """`_codecs.encode` as protocol-2 pickles of numpy arrays use it: latin-1 text only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode other than str to latin-1")
+    return text.encode("latin-1")
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Admits only what CIFAR batches contain: builtins containers and numpy arrays."""
 
@@ -192,6 +199,8 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")})
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         if (module, name) in self.RECONSTRUCT:
             return _bounded_reconstruct
         if (module, name) in self.ALLOWED:
@@ -313,6 +322,9 @@ def _open_image(path: Path, image_module: Any) -> Iterator[Any]:
     with open_regular(path) as fh:
         try:
             im = image_module.open(fh)
+        except image_module.DecompressionBombError as e:
+            raise DataError(f"{path}: image too large ({reason(e)}); the limit is {max_image_pixels():,} "
+                            "pixels (BASTION_MAX_IMAGE_PIXELS)") from None
         except Exception as e:  # PIL's plugins raise many kinds on corrupt headers
             raise DataError(f"{path}: unreadable image ({reason(e)})") from None
         with im:
