@@ -301,3 +301,9 @@ def test_cli_bomb_exits_2_with_one_line(command: str, tmp_path: Path, capsys: py
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("error:") == 1 and "decompression bomb" in " ".join(err.split())
     assert not (tmp_path / "m.st").exists()
+
+
+def test_cifar_pickle_length_fields_cannot_allocate(tmp_path: Path) -> None:
+    # BINBYTES promising 2 GiB in a 9-byte file: the C unpickler allocated it first (found by fuzzing)
+    make_cifar10(tmp_path, b"B\x00\x00\x00\x80\x02}q\x00.")
+    refused(lambda: load("cifar10", "test", root=tmp_path), DataError, "not a readable CIFAR python batch")

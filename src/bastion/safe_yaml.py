@@ -89,8 +89,9 @@ def load_yaml_text(text: str, source: str = "YAML") -> Any:
     Raises ConfigError (one line, naming `source`) on syntax errors, aliases, nesting
     deeper than MAX_DEPTH, multiple documents and values PyYAML cannot construct
     (e.g. the date 2001-13-45)."""
-    loader = _BoundedSafeLoader(text)
+    loader = None
     try:
+        loader = _BoundedSafeLoader(text)   # the reader rejects control characters here
         return loader.get_single_data()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
@@ -99,7 +100,8 @@ def load_yaml_text(text: str, source: str = "YAML") -> Any:
     except (ValueError, TypeError, OverflowError, RecursionError) as e:
         raise ConfigError(f"{source}: YAML value cannot be read ({_one_line(e)})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_text_file(path: str | Path, what: str = "config", limit: int | None = None) -> str:

@@ -21,6 +21,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import stat
 import struct
 import warnings
@@ -217,6 +218,11 @@ def _read_cifar_batch(path: Path) -> dict[str, Any]:
         except OSError as e:
             raise DataError(f"{path}: cannot read ({reason(e)})") from None
     try:
+        # pickletools reads every opcode's argument with a bounded read, so a length
+        # field promising more bytes than the file holds is refused here; the C
+        # unpickler would allocate the promised size first.
+        for _ in pickletools.genops(raw):
+            pass
         d = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # any corrupt pickle: the unpickler raises many kinds
         raise DataError(f"{path}: not a readable CIFAR python batch ({reason(e)}); obtain {CIFAR_HINT}") from None
