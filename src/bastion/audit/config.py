@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bastion.core import SEED_MAX, ConfigError
+from bastion.safe_yaml import load_yaml_file
 
 DEFAULT_EPS = [0.05, 0.1, 0.15, 0.2, 0.3]
 MAX_N = 1_000_000  # examples per audit
@@ -87,12 +87,7 @@ def load_config(path: str | Path | None) -> AuditConfig:
     if path is None:
         return default_config()
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"audit config {p} not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from e
+    raw = load_yaml_file(p, "audit config")
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     return parse_config(raw)

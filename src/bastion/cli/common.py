@@ -14,6 +14,7 @@ from bastion.fileio import strict_json
 from bastion.paths import check_input_path as check_input_path
 from bastion.paths import check_out_dir as check_out_dir
 from bastion.paths import check_out_file as check_out_file
+from bastion.safe_yaml import load_yaml_text
 
 # Human-readable output goes to stderr so that `--json` leaves stdout clean for scripts.
 # Logs and CI pipes are not terminals; rich would squeeze tables into 80 columns there.
@@ -62,16 +63,12 @@ def fmt(v: Any) -> str:
 
 def parse_kv(items: list[str] | None) -> dict[str, Any]:
     """Parse repeated `--arg key=value` options; values are read as YAML scalars."""
-    import yaml
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise ConfigError(f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
-        try:
-            out[k.strip().replace("-", "_")] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            raise ConfigError(f"--arg {k.strip()}: value {v!r} is not a YAML scalar"[:300]) from None
+        out[k.strip().replace("-", "_")] = load_yaml_text(v, f"--arg {k.strip()}")
     return out
 
 

@@ -8,11 +8,15 @@ from dataclasses import dataclass, field
 import torch
 
 from bastion.core import DataError, InputSpec
+from bastion.data.limits import check_dataset_values
 
 
 @dataclass
 class Dataset:
     """Images (or feature vectors) as float32 in [0, 1], integer labels and metadata.
+
+    Construction refuses NaN or infinite inputs, inputs outside [0, 1], and labels outside
+    0..num_classes-1 (num_classes <= limits.MAX_CLASSES) with a DataError.
 
     Attributes:
         x: float32 tensor [N, C, H, W] (or [N, D]) with values in [0, 1].
@@ -30,10 +34,14 @@ class Dataset:
     split: str = "all"
 
     def __post_init__(self) -> None:
+        if self.x.dim() < 2 or self.y.dim() != 1:
+            raise DataError(f"{self.name}: inputs must be [N, ...] and labels [N], got shapes "
+                            f"{tuple(self.x.shape)} and {tuple(self.y.shape)}")
         if self.x.shape[0] != self.y.shape[0]:
             raise DataError(f"{self.name}: {self.x.shape[0]} inputs but {self.y.shape[0]} labels")
         if not self.x.is_floating_point():
             raise DataError(f"{self.name}: inputs must be floating point in [0, 1]")
+        check_dataset_values(self.x, self.y, self.num_classes, self.name or "data set")
         self.y = self.y.long()
         if not self.class_names:
             self.class_names = [str(i) for i in range(self.num_classes)]
