@@ -500,3 +500,21 @@ def test_waiter_survives_the_holder_removing_the_folder(ckpt: Path, tmp_path: Pa
     run = run_audit(ckpt, cfg(), out, wait=True)
     t.join()
     assert run.new_steps == 3 and (out / "results.json").is_file() and (out / ".lock").is_file()
+
+
+def test_batch_size_sets_the_membership_scoring_batches(small_model, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    import bastion.attacks.privacy.membership.runner as mia_runner
+
+    seen: list[int] = []
+    real = mia_runner.compute_signals
+
+    def spy(*args, batch_size: int = 1024, **kw):
+        seen.append(batch_size)
+        return real(*args, batch_size=batch_size, **kw)
+
+    monkeypatch.setattr(mia_runner, "compute_signals", spy)
+    raw = {"batch_size": 7, "data": {"n": 20},
+           "sections": [{"kind": "membership", "attacks": ["gap"], "shadows": 0, "eval_size": 20}]}
+    run_audit(small_model, parse_config(raw), tmp_path / "mia")
+    assert seen and set(seen) == {7}

@@ -8,7 +8,7 @@
       augment: none               # none | flip | shift | flip+shift
       variance: auto              # LiRA: auto | per-example | global
       shadow_epochs: null         # default: the target's recorded epochs
-      method: auto                # shadow training path: auto | loop | vmap | process
+      method: auto                # shadow training path: auto | auto-timed | loop | vmap | process
       pool_size: null             # cap on the attacker's pool (random subset)
 
 Members are the audit's train split (the model must have been trained on it) and
@@ -33,7 +33,7 @@ from bastion.audit.sections import (
 )
 from bastion.core import ConfigError
 
-SHADOW_METHODS = ("auto", "loop", "vmap", "process")
+SHADOW_METHODS = ("auto", "auto-timed", "loop", "vmap", "process")
 MAX_SHADOWS = 1024
 
 
@@ -68,7 +68,7 @@ class MembershipSpec(BaseModel):
         return v
 
 
-def _mia_config(cfg: dict[str, Any], seed: int = 0) -> tuple[MembershipSpec, Any]:
+def _mia_config(cfg: dict[str, Any], seed: int = 0, batch_size: int = 1024) -> tuple[MembershipSpec, Any]:
     from bastion.attacks.privacy.membership import MIAConfig
 
     try:
@@ -79,7 +79,7 @@ def _mia_config(cfg: dict[str, Any], seed: int = 0) -> tuple[MembershipSpec, Any
     mia = MIAConfig(attacks=tuple(spec.attacks), shadows=spec.shadows, attacker_data=spec.attacker_data,
                     eval_size=spec.eval_size, augment=spec.augment, lira_variance=spec.variance,
                     shadow_epochs=spec.shadow_epochs, method=spec.method, pool_size=spec.pool_size,
-                    seed=seed)
+                    seed=seed, score_batch_size=batch_size)
     return spec, mia
 
 
@@ -93,7 +93,7 @@ def run_membership_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOut
     from bastion.attacks.privacy.membership import audit_membership
     from bastion.metrics import membership as mm
 
-    spec, mia = _mia_config(cfg, ctx.seed)
+    spec, mia = _mia_config(cfg, ctx.seed, ctx.batch_size)
     mode = mia.resolve()
     key = (f"membership/{','.join(spec.attacks)}/{spec.shadows}/{mode}/{spec.eval_size}/{spec.augment}/"
            f"{spec.variance}/{spec.shadow_epochs}/{spec.pool_size}/{spec.method}/seed={ctx.seed}")

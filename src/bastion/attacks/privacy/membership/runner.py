@@ -85,6 +85,8 @@ class MIAConfig:
         pool_size: cap on the attacker's pool (random subset; in 'pool' mode the candidates
             are always kept). None = all available data.
         seed: seeds the candidate draw, the shadow splits and everything else.
+        score_batch_size: examples per forward pass when models are queried (1024; on
+            CPU each pass is further cut into 128-example chunks).
     """
 
     attacks: Sequence[str] = ("lira", "lira-offline", "rmia", "yeom", "gap")
@@ -100,6 +102,7 @@ class MIAConfig:
     method: str = "auto"
     pool_size: int | None = None
     seed: int = 0
+    score_batch_size: int = 1024
 
     def resolve(self) -> str:
         """Validate; return the concrete attacker-data mode."""
@@ -114,6 +117,8 @@ class MIAConfig:
             raise unknown_name("augmentation", self.augment, AUGMENTATIONS)
         if self.pool_size is not None and self.pool_size < 4:
             raise ConfigError(f"pool_size must be >= 4, got {self.pool_size}")
+        if self.score_batch_size < 1:
+            raise ConfigError(f"score_batch_size must be >= 1, got {self.score_batch_size}")
         if self.eval_size < 1:
             raise ConfigError(f"eval_size must be >= 1, got {self.eval_size}")
         specs = [ATTACKS[a] for a in self.attacks]
@@ -173,9 +178,9 @@ def shared_examples(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def _signals_cached(models: Sequence[Classifier], x: torch.Tensor, y: torch.Tensor, member: torch.Tensor,
-                    augment: str, cache: Path | None, tag: str) -> SignalMatrix:
+                    augment: str, cache: Path | None, tag: str, batch_size: int = 1024) -> SignalMatrix:
     if cache is None:
-        return compute_signals(models, x, y, member, augment=augment)
+        return compute_signals(models, x, y, member, augment=augment, batch_size=batch_size)
     from bastion.training.shadow import fingerprint
     key = hashlib.sha256(f"{fingerprint(x, y)}|{len(models)}|{augment}|{tag}".encode()).hexdigest()[:16]
     path = cache / f"signals-{key}.safetensors"
@@ -191,7 +196,7 @@ def _signals_cached(models: Sequence[Classifier], x: torch.Tensor, y: torch.Tens
             ok = False
         if ok:
             return sig
-    sig = compute_signals(models, x, y, member, augment=augment)
+    sig = compute_signals(models, x, y, member, augment=augment, batch_size=batch_size)
     sig.save(path)
     return sig
 
@@ -264,7 +269,8 @@ def audit_membership(target: Classifier, members: Dataset, nonmembers: Dataset, 
               "yeom_threshold_source": None}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    target_sig = compute_signals([target], cand_x, cand_y, truth[:, None], augment=cfg.augment)
+    target_sig = compute_signals([target], cand_x, cand_y, truth[:, None], augment=cfg.augment,
+                                 batch_size=cfg.score_batch_size)
     timings["target_signals_s"] = time.perf_counter() - t0
 
     shadow_cand: SignalMatrix | None = None
@@ -283,12 +289,13 @@ def audit_membership(target: Classifier, members: Dataset, nonmembers: Dataset, 
                                      "threads": torch.get_num_threads(), "recipe": scfg.recipe()}
         say(f"shadow models ready: {sh.trained} trained, {sh.loaded} loaded ({sh.method})")
         t0 = time.perf_counter()
-        shadow_pool = _signals_cached(sh.models, pool_x, pool_y, sh.member, cfg.augment, cache, "pool")
+        shadow_pool = _signals_cached(sh.models, pool_x, pool_y, sh.member, cfg.augment, cache, "pool",
+                                      cfg.score_batch_size)
         if mode == "pool":
             shadow_cand = shadow_pool.samples(slice(0, 2 * k))
         else:
             shadow_cand = _signals_cached(sh.models, cand_x, cand_y, torch.zeros(2 * k, len(sh.models), dtype=torch.bool),
-                                          cfg.augment, cache, "candidates")
+                                          cfg.augment, cache, "candidates", cfg.score_batch_size)
         timings["shadow_scoring_s"] = time.perf_counter() - t0
 
     results: dict[str, dict[str, Any]] = {}
