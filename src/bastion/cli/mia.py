@@ -104,9 +104,10 @@ def mia_cmd(
                                                  "TPR@1%FPR"], rows))
     report = {"checkpoint": str(model), "data": data, "config": config_dict(cfg), **rep.to_dict()}
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "mia.json").write_text(to_json(report))
         from bastion.audit.sections import fig_to_png
-        (out / "roc.png").write_bytes(fig_to_png(rep.figure()))
+        from bastion.fileio import atomic_write
+
+        atomic_write(out / "roc.png", fig_to_png(rep.figure()))
+        atomic_write(out / "mia.json", to_json(report))  # last: its presence means a finished run
         console.print(f"[green]wrote[/] {out / 'mia.json'} and {out / 'roc.png'}", highlight=False)
     emit(report, as_json)
