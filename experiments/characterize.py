@@ -157,14 +157,14 @@ def to_markdown(cfg: dict[str, Any], meta: dict[str, Any], rows: list[dict[str, 
         f"torch {meta['versions'].get('torch')}.",
         "",
         "Produced by `" + meta["command"] + "` (config `" + meta["config"] + "`)"
-        + ("; the table was assembled from pieces, each run under the shared CPU lock: "
+        + ("; the table was assembled from pieces, run one at a time: "
            + "; ".join(f"`{p}`" for p in meta["pieces"]) if meta.get("pieces") else "") + ".",
         "Metrics as in dissertation ch. 2: ASR and MR in percent over all attacked examples; "
         "MeanConf, DistAATB, DistAATA, DistACOC, perturbation and perception costs averaged "
         "over the successful adversarial examples. Linf and L2 are absolute; L0 is the "
         "fraction of changed pixels (as in the dissertation's table). Time is wall-clock "
         "seconds per example" + (f" on a 2-core CPU with {meta.get('threads', '?')} torch "
-                                 "thread(s), each piece of the run holding the shared CPU lock "
+                                 "thread(s), each piece run one at a time "
                                  "(no other heavy job; short test runs may overlap)"
                                  if meta["device"] == "cpu" else "") + ".",
         "",
