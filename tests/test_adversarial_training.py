@@ -156,3 +156,16 @@ def test_bad_distillation_config(mnist_train) -> None:
         defensive_distillation(clf, clf, mnist_train.take(10))
     with pytest.raises(ConfigError, match="unknown adversarial-training"):
         adversarial_fit(clf, mnist_train.take(10), None, "pgd")  # type: ignore[arg-type]
+
+
+def test_paper_defaults() -> None:
+    """Madry et al. MNIST (0.3, 40 steps, random start), Wong et al. alpha = 1.25 eps,
+    TRADES beta 6 with 40 steps of 0.01, Papernot et al. T = 100."""
+    pgd = PGDTraining()
+    assert (pgd.eps, pgd.steps, pgd.random_start, pgd.clean_fraction) == (0.3, 40, True, 0.0)
+    assert pgd.alpha(0.3) == pytest.approx(2.5 * 0.3 / 40)
+    assert FastTraining().step(0.3) == pytest.approx(0.375)
+    assert FastTraining().step(0.15) == pytest.approx(0.1875)  # scales with a ramped eps
+    t = TRADES()
+    assert (t.beta, t.eps, t.steps, t.step_size) == (6.0, 0.3, 40, 0.01)
+    assert DistillationConfig().temperature == 100.0
