@@ -169,3 +169,12 @@ def test_paper_defaults() -> None:
     t = TRADES()
     assert (t.beta, t.eps, t.steps, t.step_size) == (6.0, 0.3, 40, 0.01)
     assert DistillationConfig().temperature == 100.0
+
+
+def test_l2_inner_attack_stays_in_the_ball(mnist_train) -> None:
+    clf = _fresh("mlp", hidden=[16])
+    x, y = mnist_train.x[:8], mnist_train.y[:8]
+    adv = pgd_examples(clf, x, y, 1.5, 5, 2.5 * 1.5 / 5, norm="l2")
+    norms = (adv - x).flatten(1).norm(dim=1)
+    assert float(norms.max()) <= 1.5 + 1e-4 and float(norms.min()) > 0.5
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1
