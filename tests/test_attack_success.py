@@ -72,3 +72,29 @@ def test_success_judged_in_default_layout_inside_an_outer_fast_layout(small_mode
             assert not small_model._channels_last
         assert small_model._channels_last
     assert torch.equal(result.success, _own_success(small_model, result.x_adv, y))
+
+
+def test_boundary_point_on_the_wrong_side_is_pushed_across_by_at_most_a_tenth_percent():
+    """A minimum-norm attack's boundary point that the model's own forward pass still
+    classifies correctly is moved just across (perturbation grown <= 0.1%), and a point the
+    attack never moved is left alone."""
+    from torch import nn
+
+    from bastion.attacks.base import _push_across_boundary
+    from bastion.core import Classifier, InputSpec
+
+    lin = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.0, 0, 0, 0], [1.0, 0, 0, 0]]))
+    model = Classifier(lin, InputSpec((4,), bounds=(-10.0, 10.0)), 2, device="cpu")
+    # class 1 wins once x0 > 0; the attack stopped a hair short of it
+    x = torch.tensor([[-1.0, 0, 0, 0], [-1.0, 0, 0, 0]])
+    x_adv = torch.tensor([[-1e-7, 0, 0, 0], [-1.0, 0, 0, 0]])
+    y = torch.tensor([0, 0])
+    pred = model.predict(x_adv)
+    assert pred.tolist() == [0, 0]
+    pushed = _push_across_boundary(model, x, x_adv, y, None, pred, (-10.0, 10.0))
+    assert pushed == 1 and pred.tolist() == [1, 0]
+    assert model.predict(x_adv).tolist() == [1, 0]
+    growth = (x_adv[0] - x[0]).norm() / torch.tensor(1.0 - 1e-7)
+    assert 1.0 < float(growth) <= 1.001
