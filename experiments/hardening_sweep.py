@@ -19,6 +19,7 @@ Writes docs/results/hardening_sweep.json and prints a summary table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -40,7 +41,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-import contextlib
 
 import loader_files as lf  # noqa: E402  (tiny data files and bombs shared with the tests)
 
