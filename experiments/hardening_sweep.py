@@ -19,6 +19,7 @@ Writes docs/results/hardening_sweep.json and prints a summary table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -30,10 +31,11 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +57,7 @@ class Case:
     kind: str = "file"            # file | runfolder | folder
     preexisting: bool = False     # the out path existed before (a failed run may leave it)
     env: dict[str, str] = field(default_factory=dict)
-    custom: Callable[["Case"], dict[str, Any]] | None = None
+    custom: Callable[[Case], dict[str, Any]] | None = None
 
 
 def _cli(args: list[str], env: dict[str, str] | None = None, timeout: int = TIMEOUT,
@@ -165,8 +167,8 @@ class Fixtures:
         return p
 
     def ckpt_with_meta(self, name: str, edit: Callable[[dict], Any], weights: Callable | None = None) -> Path:
-        from safetensors.torch import load_file, save_file
         from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
 
         with safe_open(str(self.model), "pt") as f:
             meta = json.loads(f.metadata()["bastion"])
@@ -723,10 +725,8 @@ def main() -> int:
         cases = [c for c in cases if c.command in keep]
         faults = [c for c in faults if c.command in keep]
     for c in cases:
-        try:
+        with contextlib.suppress(OSError):
             c.preexisting = c.preexisting or (c.out is not None and c.out.exists())
-        except OSError:
-            pass
     print(f"{len(cases) + len(faults)} cases, {opts.jobs} at once, work folder {work}", flush=True)
     done = 0
 
