@@ -30,13 +30,9 @@ from bastion.defenses.preprocess.base import (
 )
 
 
-@register
 @dataclass(frozen=True)
-class MedianFilter(Transform):
-    """Replace each value by the median of its k x k window (per channel); kernel odd,
-    default 3. Removes isolated salt-and-pepper pixels; a constant image is unchanged."""
-
-    name = "median"
+class _WindowFilter(Transform):
+    """A filter over an odd k x k window that must fit inside the image."""
 
     kernel: int = 3
 
@@ -46,6 +42,15 @@ class MedianFilter(Transform):
     def check_spec(self, spec: InputSpec) -> None:
         super().check_spec(spec)
         check_fits(self.name, spec, self.kernel // 2)
+
+
+@register
+@dataclass(frozen=True)
+class MedianFilter(_WindowFilter):
+    """Replace each value by the median of its k x k window (per channel); kernel odd,
+    default 3. Removes isolated salt-and-pepper pixels; a constant image is unchanged."""
+
+    name = "median"
 
     def apply(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         k, r = self.kernel, self.kernel // 2
@@ -59,20 +64,11 @@ class MedianFilter(Transform):
 
 @register
 @dataclass(frozen=True)
-class MeanFilter(Transform):
+class MeanFilter(_WindowFilter):
     """Replace each value by the mean of its k x k window; kernel odd, default 3 (the
     smallest window of the sources' spatial-smoothing comparison)."""
 
     name = "mean"
-
-    kernel: int = 3
-
-    def __post_init__(self) -> None:
-        check_odd_kernel(self.name, "kernel", self.kernel)
-
-    def check_spec(self, spec: InputSpec) -> None:
-        super().check_spec(spec)
-        check_fits(self.name, spec, self.kernel // 2)
 
     def apply(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         return kornia.filters.box_blur(x, (self.kernel, self.kernel), border_type="reflect")
