@@ -18,14 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from bastion.core import Classifier, ConfigError
 from bastion.data.dataset import Dataset
-from bastion.training.adversarial import check_data, train_loop
+from bastion.training.adversarial import AdvTrainResult, check_data, train_loop
 from bastion.training.fit import TrainConfig
 
 
@@ -63,22 +62,12 @@ class DistillationConfig:
 
 
 @dataclass
-class DistillationResult:
-    """Teacher and student histories, accuracies (student at T = 1) and the defense record."""
+class DistillationResult(AdvTrainResult):
+    """Teacher and student histories, accuracies (student at T = 1) and the defense record;
+    `metadata()` describes the student."""
 
     teacher_history: list[dict[str, float]] = field(default_factory=list)
-    history: list[dict[str, float]] = field(default_factory=list)
     teacher_test_accuracy: float | None = None
-    test_accuracy: float | None = None
-    train_accuracy: float | None = None
-    wall_time: float = 0.0
-    config: dict[str, Any] = field(default_factory=dict)
-    defense: dict[str, Any] = field(default_factory=dict)
-
-    def metadata(self) -> dict[str, Any]:
-        """Keyword arguments for `save_classifier(path, student, **result.metadata())`."""
-        return {"defense": self.defense, "training": self.config, "history": self.history,
-                "test_accuracy": self.test_accuracy, "train_accuracy": self.train_accuracy}
 
 
 def fit_at_temperature(clf: Classifier, train: Dataset, test: Dataset | None, cfg: TrainConfig,
