@@ -178,3 +178,21 @@ def test_l2_inner_attack_stays_in_the_ball(mnist_train) -> None:
     norms = (adv - x).flatten(1).norm(dim=1)
     assert float(norms.max()) <= 1.5 + 1e-4 and float(norms.min()) > 0.5
     assert float(adv.min()) >= 0 and float(adv.max()) <= 1
+
+
+def test_non_finite_loss_stops_adversarial_training_before_the_weights(mnist_train) -> None:
+    from bastion.training import TrainConfig
+    from bastion.training.adversarial import train_loop
+    from bastion.training.fit import DivergedError
+
+    clf = _fresh("mlp")
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+
+    def nan_step(idx, done):
+        logits = clf(mnist_train.x[:len(idx)])
+        return logits.sum() * float("nan"), logits, {}
+
+    with pytest.raises(DivergedError, match="non-finite loss"):
+        train_loop(clf, mnist_train.take(64), None, TrainConfig(epochs=1, batch_size=32,
+                                                                progress=False), nan_step, "test")
+    assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())

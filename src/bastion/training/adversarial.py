@@ -31,7 +31,7 @@ from bastion.attacks.evasion.pgd import random_start
 from bastion.core import Classifier, ConfigError, seed_everything
 from bastion.data.dataset import Dataset
 from bastion.progress import task
-from bastion.training.fit import TrainConfig, make_optimizer, minibatches
+from bastion.training.fit import TrainConfig, check_finite_loss, make_optimizer, minibatches
 
 NORMS = ("linf", "l2")
 
@@ -330,6 +330,7 @@ def train_loop(clf: Classifier, train: Dataset, test: Dataset | None, cfg: Train
                 idx = idx.to(dev)
                 clf.train()
                 loss, logits, info = step_fn(idx, epoch - 1 + (b + 1) / steps)
+                check_finite_loss(loss, epoch, cfg.lr)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

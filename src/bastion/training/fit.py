@@ -21,6 +21,14 @@ MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 65_536
 
 
+def check_finite_loss(loss: torch.Tensor, epoch: int, lr: float) -> None:
+    """Stop training at the first non-finite loss, before it reaches the weights."""
+    if not bool(torch.isfinite(loss)):
+        raise DivergedError(f"training diverged: non-finite loss ({float(loss)}) at epoch "
+                            f"{epoch}; lower the learning rate (now {lr:g}) or check "
+                            "the data; nothing was saved")
+
+
 class DivergedError(ConfigError):
     """Training produced a non-finite loss (learning rate too high, or bad data)."""
 SCHEDULES = ("cosine", "constant")
@@ -117,10 +125,7 @@ def fit(clf: Classifier, train: Dataset, test: Dataset | None = None, cfg: Train
                 idx = idx.to(dev)
                 logits = clf(x[idx])
                 loss = F.cross_entropy(logits, y[idx])
-                if not bool(torch.isfinite(loss)):
-                    raise DivergedError(f"training diverged: non-finite loss ({float(loss)}) at epoch "
-                                        f"{epoch}; lower the learning rate (now {cfg.lr:g}) or check "
-                                        "the data; nothing was saved")
+                check_finite_loss(loss, epoch, cfg.lr)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
