@@ -72,3 +72,41 @@ def test_corrupt_checkpoint_exits_2(tmp_path: Path, capsys) -> None:
 
 def test_usage_error_exits_2(capsys) -> None:
     assert run(["train", "--epochs", "many"]) == 2
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
+    (["attack", "--seed", "1e5"], "Invalid value for '--seed'"),
+    (["train", "--no-such-flag"], "No such option: --no-such-flag"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["privacy", "epsilon", "--q"], "requires an argument"),
+    (["audit"], "Missing option '--model'"),
+])
+def test_usage_errors_are_one_line(argv: list[str], msg: str, capsys) -> None:
+    """The parser's own errors read like Bastion's: one `error:` line and a pointer to --help."""
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and msg in err, err
+    assert "--help" in err
+
+
+def test_help_still_prints_and_exits_0(capsys) -> None:
+    assert run(["--help"]) == 0
+    assert "audit" in capsys.readouterr().out
+    assert run(["privacy"]) == 2  # a group alone shows its help, as click does
+    assert "epsilon" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flagged", ["-", ".", "./", "sub/.."])
+def test_out_refuses_stdout_and_the_current_folder(flagged: str, small_model, tmp_path: Path, capsys,
+                                                   monkeypatch) -> None:
+    ckpt = save_classifier(tmp_path / "s.st", small_model, dataset="mnist-5k")
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert run(["leak", "--model", str(ckpt), "--out", flagged]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --out"), err
+    assert sorted(p.name for p in work.iterdir()) == ["sub"]  # nothing written, no folder "-"
+    assert run(["train", "--out", "-"]) == 2
+    assert "standard output" in capsys.readouterr().err

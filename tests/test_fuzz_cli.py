@@ -144,10 +144,9 @@ def check_outcome(argv: list[str], rc: int, err: str, outs: list[Path]) -> None:
     assert "Traceback" not in err, f"traceback for {argv}:\n{err[-2000:]}"
     if rc == 2:
         assert err.strip(), f"exit 2 without a message for {argv}"
-        assert "error" in err.lower(), f"no error line for {argv}: {err[-500:]}"
-        first = [ln for ln in err.splitlines() if ln.startswith("error:")]
-        if first:  # Bastion's own refusal: exactly one line
-            assert len(first) == 1, err
+        # Bastion's refusals and the parser's usage errors alike: exactly one error line
+        lines = [ln for ln in err.strip().splitlines() if not ln.startswith("warning:")]
+        assert len(lines) == 1 and lines[0].startswith("error:"), f"not one error line for {argv}:\n{err[-2000:]}"
         for o in outs:
             assert not o.exists() or (o.is_dir() and not any(o.iterdir())), f"{o} left behind for {argv}"
 
@@ -181,8 +180,8 @@ def _fuzz(cmd: str, model: Path, tmp: Path, data: st.DataObject) -> None:
     outs = [o for o in outs if not o.exists()]  # only what this run could have created
     rc, err = _run(argv)
     COUNTS[cmd] += 1
-    OUTCOMES[f"{cmd}: " + ("ok" if rc == 0 else "refused" if err.startswith("error:") else
-                           "usage" if rc == 2 else str(rc))] += 1
+    OUTCOMES[f"{cmd}: " + ("ok" if rc == 0 else "usage" if "--help')" in err else
+                           "refused" if rc == 2 else str(rc))] += 1
     check_outcome(argv, rc, err, outs)
 
 

@@ -19,6 +19,8 @@ PATH_MAX = 4096  # bytes per path
 def check_path_length(path: Path, flag: str) -> None:
     """Refuse paths the file system cannot hold (ENAMETOOLONG) before any work."""
     text = str(path)
+    if "\x00" in text:
+        raise ConfigError(f"{flag}: a path cannot contain a NUL character")
     if len(os.fsencode(text)) > PATH_MAX or any(len(os.fsencode(p)) > NAME_MAX for p in path.parts):
         raise ConfigError(f"{flag}: path too long for the file system ({len(text)} characters, "
                           f"components at most {NAME_MAX} bytes)")
@@ -52,8 +54,9 @@ def check_out_file(path: Path | None, flag: str, suffixes: tuple[str, ...]) -> N
     """An output file: non-empty, right suffix, not an existing folder, its folder writable."""
     if path is None:
         return
-    if str(path) in ("", "."):
-        raise ConfigError(f"{flag} is empty; give a file name ending in {' or '.join(suffixes)}")
+    if str(path) in ("", ".", "-"):
+        what = "standard output is not supported" if str(path) == "-" else "empty or a folder"
+        raise ConfigError(f"{flag} {str(path)!r}: {what}; give a file name ending in {' or '.join(suffixes)}")
     check_path_length(path, flag)
     if path.suffix not in suffixes:
         raise ConfigError(f"{flag} must end in {' or '.join(suffixes)}, got {path}")
@@ -62,13 +65,23 @@ def check_out_file(path: Path | None, flag: str, suffixes: tuple[str, ...]) -> N
     _probe_writable(_existing_ancestor(path.parent, flag), flag, path)
 
 
+def _is_cwd(path: Path) -> bool:
+    try:
+        return path.resolve() == Path.cwd().resolve()
+    except (OSError, RuntimeError, ValueError):  # unresolvable (a loop, a vanished cwd): other checks speak
+        return False
+
+
 def check_out_dir(path: Path | None, flag: str) -> None:
     """An output folder: non-empty, not the current folder, not a file, writable."""
     if path is None:
         return
-    if str(path) in ("", "."):
-        raise ConfigError(f"{flag} is empty or the current folder; name a folder, e.g. runs/NAME")
+    if str(path) == "-":
+        raise ConfigError(f"{flag} -: a run writes a folder of files, not standard output; "
+                          "name a folder, e.g. runs/NAME")
     check_path_length(path, flag)
+    if str(path) in ("", ".") or _is_cwd(path):
+        raise ConfigError(f"{flag} is empty or the current folder; name a folder, e.g. runs/NAME")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag}: {path} exists and is not a folder")
     _probe_writable(_existing_ancestor(path, flag), flag, path)

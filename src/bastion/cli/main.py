@@ -1,8 +1,9 @@
 """Entry point of the `bastion` console script.
 
 Bastion's own errors (bad names, shapes, ranges, files) exit with code 2 and one clear
-line; so do file-system refusals (name too long, permission denied, full disk). Usage
-errors exit 2 as well (click's convention).
+line; so do file-system refusals (name too long, permission denied, full disk) and usage
+errors (an unknown command or flag, a value of the wrong type), which the parser would
+otherwise print as a framed multi-line panel.
 """
 
 from __future__ import annotations
@@ -10,8 +11,15 @@ from __future__ import annotations
 import importlib
 import sys
 
+from typer import Abort
+
 from bastion.cli.app import app
 from bastion.core import BastionError
+
+try:  # recent typer vendors its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer runs on click itself
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 # Each module registers its commands on `app` when imported.
 COMMAND_MODULES = (
@@ -33,10 +41,26 @@ def run(argv: list[str] | None = None) -> int:
     from bastion.cli.common import console
 
     try:
-        app(args=argv, prog_name="bastion")  # standalone mode: always ends in SystemExit
-        return 0
+        rc = app(args=argv, prog_name="bastion", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except NoArgsIsHelpError as e:  # `bastion` or a group alone: show its help
+        print(e.format_message())
+        return 2
+    except UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "bastion"
+        hint = f" (see '{where} --help')"
+        console.print(f"[bold red]error:[/] {one_line(e.format_message()).rstrip('.')}{hint}", highlight=False,
+                      soft_wrap=True)
+        return 2
+    except ClickException as e:
+        console.print(f"[bold red]error:[/] {one_line(e.format_message())}", highlight=False,
+                      soft_wrap=True)
+        return e.exit_code if e.exit_code else 1
+    except Abort:
+        console.print("[bold red]error:[/] aborted", highlight=False)
+        return 1
     except BastionError as e:
         console.print(f"[bold red]error:[/] {one_line(str(e))}", highlight=False, markup=True,
                       soft_wrap=True)
