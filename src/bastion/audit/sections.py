@@ -25,6 +25,32 @@ class ReportTable:
     title: str
     columns: list[str]
     rows: list[list[Any]]
+    caption: str = ""  # one sentence under the table: norm, units, what a row is
+
+
+VERDICTS = ("pass", "warn", "fail", "not measured")
+
+
+@dataclass
+class ScoreRow:
+    """One row of the audit's scorecard: a threat's headline metric, judged against a threshold.
+
+    `verdict` is one of VERDICTS. `value` is None when the metric was not measured or the
+    data cannot support it (then `note` says why, e.g. "not estimable (needs >= 1,000
+    non-members)"). `ci` is a 95% interval when the metric is a rate or a mean.
+    """
+
+    threat: str  # "evasion", "membership", "leakage", "dp", ...
+    metric: str  # human name with norm and budget, e.g. "robust accuracy, Linf eps 0.1"
+    value: float | None
+    verdict: str
+    meaning: str  # one sentence an engineer can act on
+    ci: tuple[float, float] | None = None
+    threshold: float | None = None
+    higher_is_better: bool = True
+    unit: str = ""  # "" for rates in [0, 1]; "eps" for a privacy budget, ...
+    section: str = ""  # the section that measured it
+    note: str = ""
 
 
 @dataclass
@@ -43,6 +69,10 @@ class SectionOutput:
     summary: dict[str, Any] = field(default_factory=dict)
     tables: list[ReportTable] = field(default_factory=list)
     figures: list[ReportFigure] = field(default_factory=list)
+    scorecard: list[ScoreRow] = field(default_factory=list)
+    threat_model: str = ""  # who the attacker is, what they know and can do
+    advice: str = ""  # what the figures mean and what to try (Bastion defenses that help)
+    notes: list[str] = field(default_factory=list)  # warnings, caps, figures the data cannot support
 
 
 @dataclass
