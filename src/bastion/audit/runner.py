@@ -16,6 +16,7 @@ import torch
 
 from bastion.audit.config import AuditConfig
 from bastion.audit.report import render
+from bastion.audit.scorecard import row_dict, scorecard_block
 from bastion.audit.sections import AuditContext, SectionOutput, get_section, validate_section
 from bastion.audit.store import LOCK_NAME, RunStore, model_fingerprint, run_lock, tensor_digest
 from bastion.core import BastionError, Classifier, ConfigError, resolve_device, seed_everything
@@ -134,7 +135,7 @@ def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float) -> Au
     ctx = AuditContext(model=model, train=prep.train, test=test, out_dir=out, seed=cfg.seed,
                        checkpoint=prep.checkpoint, meta=dict(model.meta), step=store.step,
                        save_tensors=store.save_tensors, load_tensors=store.load_tensors,
-                       batch_size=cfg.batch_size)
+                       batch_size=cfg.batch_size, thresholds=cfg.thresholds)
     clean = model.accuracy(test.x, test.y)
     outputs: list[SectionOutput] = []
     try:
@@ -147,6 +148,7 @@ def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float) -> Au
         raise os_error(out, e, "audit failed on") from None
     run_id = uuid.uuid4().hex
     results = {
+        **scorecard_block(outputs),
         "run_id": run_id,
         "config": cfg.model_dump(),
         "seed": cfg.seed,
@@ -161,8 +163,10 @@ def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float) -> Au
         "data": {"name": prep.data_name, "split": cfg.data.split, "n": len(test)},
         "clean_accuracy": clean,
         "sections": {o.name: {"kind": o.kind, "summary": o.summary,
-                              "tables": [{"title": t.title, "columns": t.columns, "rows": t.rows}
-                                         for t in o.tables]} for o in outputs},
+                              "scorecard": [row_dict(r) for r in o.scorecard],
+                              "threat_model": o.threat_model, "advice": o.advice, "notes": o.notes,
+                              "tables": [{"title": t.title, "columns": t.columns, "rows": t.rows,
+                                          "caption": t.caption} for t in o.tables]} for o in outputs},
         "steps": {"cached": store.hits, "new": store.misses, "corrupt_recomputed": store.corrupt},
         "cache_context": context,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -91,6 +91,7 @@ class AuditContext:
     save_tensors: Callable[[str, dict[str, torch.Tensor]], None]
     load_tensors: Callable[[str], dict[str, torch.Tensor] | None]
     batch_size: int = 250  # the config's batch_size: examples per attack batch
+    thresholds: Any = None  # the config's `thresholds` (bastion.audit.config.Thresholds); None = defaults
 
 
 SectionFn = Callable[[AuditContext, dict[str, Any]], SectionOutput]
