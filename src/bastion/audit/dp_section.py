@@ -16,7 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bastion.audit.sections import AuditContext, ReportTable, SectionOutput, register_section
+from bastion.audit.scorecard import FAIL, PASS, WARN, at_most, not_measured, thresholds_of
+from bastion.audit.sections import (
+    AuditContext,
+    ReportTable,
+    ScoreRow,
+    SectionOutput,
+    register_section,
+)
 from bastion.core import ConfigError
 
 _KEYS = ("mechanism", "variant", "sigma", "clip", "delta", "decay", "per_layer", "batch_size",
@@ -48,10 +55,16 @@ def dp_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
     _validate(cfg)
     name = cfg.get("name") or "dp"
     rec = ctx.meta.get("privacy")
+    th = thresholds_of(ctx)
     if not rec:
-        return SectionOutput(name, "dp", summary={"private": False, "epsilon": None,
-                                                  "note": "the checkpoint was trained without "
-                                                          "differential privacy (no privacy record)"})
+        out = SectionOutput(name, "dp", summary={"private": False, "epsilon": None,
+                                                 "note": "the checkpoint was trained without "
+                                                         "differential privacy (no privacy record)"})
+        out.scorecard.append(not_measured("dp", "epsilon", "no DP guarantee claimed: the checkpoint was "
+                                          "trained without differential privacy", section=name,
+                                          higher_is_better=False, unit="eps", threshold=th.dp_epsilon))
+        _explain(out)
+        return out
     summary: dict[str, Any] = {"private": True, **{k: rec.get(k) for k in _KEYS if k in rec}}
     summary["noise"] = rec.get("noise", "unknown (recorded before noise labelling)")
     recorded = record_summary(rec)
@@ -82,4 +95,57 @@ def dp_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
     elif recorded is not None:
         tables.append(ReportTable("epsilon per accountant (recorded; * = headline, the tightest "
                                   "guarantee)", TABLE_COLUMNS, figure_rows(recorded)))
-    return SectionOutput(name, "dp", summary=summary, tables=tables)
+    out = SectionOutput(name, "dp", summary=summary, tables=tables)
+    _score(out, th, rec, summary, name)
+    _explain(out)
+    return out
+
+
+def _explain(out: SectionOutput) -> None:
+    out.threat_model = (
+        "Any attacker, with any side knowledge and unlimited computation, who sees the trained "
+        "model (and every intermediate checkpoint) and tries to learn whether one example was in "
+        "the training data: DP bounds what such an attacker can gain.")
+    out.advice = (
+        "Epsilon is the privacy loss the training guarantees at the stated delta: smaller is "
+        "stronger (Ponomareva et al. 2023: <= 1 strong, <= 10 reasonable, above weak). To lower "
+        "it, train with more noise (--sigma), fewer steps, a smaller sampling rate or more data "
+        "(`bastion train --dp --sigma ... --target-eps ...`).")
+
+
+def _score(out: SectionOutput, th: Any, rec: dict[str, Any], summary: dict[str, Any], name: str) -> None:
+    """The tightest guarantee's epsilon (recomputed at the section's delta when asked) against
+    the thresholds: fail above `dp_epsilon`, warn above `dp_epsilon_warn`."""
+    again = summary.get("epsilon_recomputed")
+    head = {"epsilon": again.get("headline", {}).get("epsilon"),
+            "accountant": again.get("headline", {}).get("accountant"),
+            "delta": again["delta"]} if again else {**(summary.get("headline") or {}), "delta": rec.get("delta")}
+    eps, delta = head.get("epsilon"), head.get("delta")
+    metric = f"epsilon at delta {delta:g}" if isinstance(delta, (int, float)) else "epsilon"
+    if eps is None:
+        out.scorecard.append(not_measured("dp", metric, "DP is claimed but no guarantee can be stated from "
+                                          "the recorded schedule", section=name, higher_is_better=False,
+                                          unit="eps", threshold=th.dp_epsilon))
+        out.notes.append("The checkpoint claims DP but its privacy record has no complete schedule.")
+        return
+    eps = float(eps)
+    verdict = at_most(eps, th.dp_epsilon, th.dp_epsilon_warn, inclusive=False)
+    acc = head.get("accountant") or "?"
+    meaning = {
+        PASS: f"Strong guarantee: epsilon {eps:.3g} ({acc}) bounds any membership attacker's advantage tightly.",
+        WARN: f"Moderate guarantee: epsilon {eps:.3g} ({acc}) is above {th.dp_epsilon_warn:g}; it limits "
+              "but does not rule out membership inference.",
+        FAIL: f"Weak guarantee: epsilon {eps:.3g} ({acc}) exceeds {th.dp_epsilon:g}; treat the model as "
+              "not meaningfully private.",
+    }[verdict]
+    out.scorecard.append(ScoreRow(threat="dp", metric=metric, value=eps, verdict=verdict, meaning=meaning,
+                                  threshold=th.dp_epsilon, higher_is_better=False, unit="eps", section=name,
+                                  note=f"tightest guarantee: {acc}"))
+    if rec.get("poisson") is False:
+        out.notes.append("Training used shuffled fixed-size batches; epsilon assumes Poisson sampling.")
+    if rec.get("variant") in ("l2-max", "dyn-s", "dyn-s-sigma"):
+        out.notes.append(f"Variant {rec.get('variant')} sets its sensitivity from the batch: the epsilon is "
+                         "not a worst-case DP proof.")
+    if str(rec.get("noise", "")).startswith("seeded"):
+        out.notes.append("The noise was seeded (reproducible): the guarantee does not hold against "
+                         "anyone who knows the seed.")

@@ -29,10 +29,12 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bastion.audit.scorecard import FAIL, PASS, WARN, at_most, not_measured, thresholds_of
 from bastion.audit.sections import (
     AuditContext,
     ReportFigure,
     ReportTable,
+    ScoreRow,
     SectionOutput,
     fig_to_png,
     register_section,
@@ -159,8 +161,60 @@ def attack_examples(model: Any, x: torch.Tensor, y: torch.Tensor, attack: str, i
         "stop_reason": ", ".join(f"{k} x{v}" if len(per) > 1 else k for k, v in sorted(reasons.items())),
         "stop_reasons": reasons, "threads": torch.get_num_threads(),
         "seconds_per_attack": sum(r.wall_time for r in per) / len(per),
+        "per_example": {
+            "success": succ.int().tolist(),
+            "mse": torch.cat([r.mse for r in per]).tolist(),
+            "psnr": torch.cat([r.psnr for r in per]).clamp(max=99).tolist(),
+            "ssim": torch.cat([r.ssim for r in per]).tolist() if per[0].ssim is not None else None,
+        },
     }
     return row, torch.cat(recs)
+
+
+def _score(out: SectionOutput, th: Any, spec: LeakageSpec, rows: list[dict[str, Any]],
+           per_example: dict[tuple[str, str], dict[str, Any] | None], name: str) -> None:
+    """One scorecard row per gradient defense: the mean SSIM of the best initialisation's
+    reconstructions (high = the private inputs are recoverable from the shared gradient)."""
+    from bastion.metrics.stats import mean_interval
+
+    out.threat_model = (
+        f"An honest-but-curious server (or eavesdropper) in federated or distributed training who "
+        f"sees one shared gradient of a batch of {spec.batch} private example(s) and knows the model "
+        f"reconstructs the inputs by gradient matching ({spec.attack}).")
+    out.advice = (
+        "A high SSIM means the shared gradient gives the training images away. Add noise to the "
+        "gradient (DP-SGD: `bastion train --dp`, or bastion.defenses.gradient noise), share "
+        "gradients of larger batches, or compress them (pruning / quantisation in "
+        "bastion.defenses.gradient); compare the defense rows of the table.")
+    fail_at, warn_at = th.leakage_ssim, th.leakage_ssim - th.leakage_warn_band
+    for defense in spec.defenses:
+        mine = [r for r in rows if r["defense"] == defense]
+        metric = f"reconstruction SSIM ({spec.attack}, defense {defense}, batch {spec.batch})"
+        scored = [r for r in mine if r.get("ssim") is not None]
+        if not scored:
+            out.scorecard.append(not_measured("leakage", metric, "SSIM needs image inputs", section=name,
+                                              higher_is_better=False, threshold=fail_at))
+            continue
+        best = max(scored, key=lambda r: r["ssim"])
+        value = float(best["ssim"])
+        per = per_example.get((best["init"], defense)) or {}
+        ci = mean_interval(per["ssim"], bounds=(-1.0, 1.0)) if per.get("ssim") else None
+        verdict = at_most(value, fail_at, warn_at)
+        what = "no defense" if defense == "none" else f"defense {defense}"
+        meaning = {
+            PASS: f"With {what}, reconstructions from the shared gradient are poor (mean SSIM {value:.2f}).",
+            WARN: f"With {what}, reconstructions partly resemble the private inputs (mean SSIM {value:.2f}).",
+            FAIL: f"With {what}, the private inputs are recovered from the shared gradient (mean SSIM "
+                  f"{value:.2f}).",
+        }[verdict]
+        out.scorecard.append(ScoreRow(threat="leakage", metric=metric, value=value, verdict=verdict,
+                                      meaning=meaning, ci=ci, threshold=fail_at, higher_is_better=False,
+                                      section=name, note=f"best initialisation: {best['init']}"))
+    if any(r.get("stop_reason", "").startswith("max_iter") for r in rows):
+        out.notes.append("Some attacks stopped at max_iter: a longer optimisation may reconstruct better.")
+    if min(r["n"] for r in rows) < 8:
+        out.notes.append(f"Only {min(r['n'] for r in rows)} example(s) attacked per configuration: the SSIM "
+                         "interval is wide; raise n for a firmer figure.")
 
 
 @register_section("leakage", validate=lambda cfg: _parse(cfg) and None)
@@ -181,6 +235,7 @@ def run_leakage_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput
     out = SectionOutput(name=spec.name or "leakage", kind="leakage")
     rows: list[dict[str, Any]] = []
     grid: list[tuple[str, torch.Tensor]] = []
+    per_example: dict[tuple[str, str], dict[str, Any] | None] = {}
     for init in spec.inits:
         for defense in spec.defenses:
             key = (f"leakage/{spec.attack}/{init}/{defense}/n={n}/b={spec.batch}/it={spec.max_iter}/"
@@ -192,7 +247,8 @@ def run_leakage_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput
                 ctx.save_tensors(key, {"reconstruction": rec[:MAX_GRID]})
                 return row
 
-            row = ctx.step(key, work)
+            row = dict(ctx.step(key, work))
+            per_example[(init, defense)] = row.pop("per_example", None)
             rows.append(row)
             t = ctx.load_tensors(key)
             if t is not None:
@@ -202,6 +258,14 @@ def run_leakage_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput
     out.summary = {"attack": spec.attack, "n": n, "batch": spec.batch, "max_iter": spec.max_iter,
                    "uniform_init": spec.uniform_init, "runs": rows,
                    "max_asr": max(r["asr"] for r in rows)}
+    name = spec.name or "leakage"
+    saved = {f"{m}:{i}:{d}": torch.tensor(v[m], dtype=torch.float32)
+             for (i, d), v in per_example.items() if v for m in ("success", "mse", "psnr", "ssim")
+             if v.get(m) is not None}
+    if saved:
+        ctx.save_tensors(f"leakage-per-example/{name}", saved)
+        out.summary["per_example_tensors"] = f"leakage-per-example/{name}"
+    _score(out, thresholds_of(ctx), spec, rows, per_example, name)
     if grid:
         fig = grid_figure(x[:MAX_GRID], grid, f"{spec.attack}: originals vs reconstructions")
         out.figures.append(ReportFigure("Gradient leakage: originals vs reconstructions",

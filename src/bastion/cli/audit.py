@@ -3,9 +3,11 @@ write results.json and a self-contained report.html (resumable)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
 from bastion.cli.app import app
 from bastion.cli.common import (
@@ -23,6 +25,23 @@ from bastion.cli.common import (
 )
 
 
+COLORS = {"pass": "green", "warn": "yellow", "fail": "red", "not measured": "dim"}
+
+
+def _scorecard_table(res: dict, value: Callable[[dict], str], threshold: Callable[[dict], str]) -> Table:
+    """The scorecard as a rich table: one row per threat metric, the verdict coloured."""
+    verdict = res["verdict"]
+    t = Table(title=f"scorecard: [{COLORS.get(verdict, 'bold')}]{verdict.upper()}[/]", header_style="bold")
+    for c, wrap in (("threat", False), ("metric", True), ("value [95% CI]", False), ("threshold", False),
+                    ("verdict", False), ("meaning", True)):
+        t.add_column(c, no_wrap=not wrap, overflow="fold")
+    for r in res["scorecard"]:
+        c = COLORS.get(r["verdict"], "")
+        t.add_row(r["threat"], r["metric"], value(r), threshold(r), f"[{c}]{r['verdict']}[/]",
+                  r["meaning"] + (f" ({r['note']})" if r["note"] else ""))
+    return t
+
+
 @app.command("audit")
 def audit_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.st) to audit."),
@@ -36,15 +55,20 @@ def audit_cmd(
     device: str = DEVICE_OPTION,
     wait: bool = typer.Option(False, "--wait", help="If another audit is writing into --out, wait for "
                               "it to finish instead of refusing."),
+    fail_on: str = typer.Option("never", "--fail-on", help="Exit with code 1 when any scorecard verdict "
+                                "is at least this bad: fail | warn | never (default)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Audit a model: attacks over budgets, a table here, results.json + report.html in --out."""
     from bastion.audit import load_config, run_audit
+    from bastion.audit.scorecard import FAIL_ON, failing, format_threshold, format_value
     from bastion.core import ConfigError
 
     if not out.strip():
         raise ConfigError("--out is empty; name a run folder, e.g. --out runs/NAME")
     out_dir = Path(out)
+    if fail_on not in FAIL_ON:
+        raise ConfigError(f"--fail-on must be one of {', '.join(FAIL_ON)}, got {fail_on!r}")
     check_int(n, "--n", 1, MAX_EXAMPLES)
     check_common(seed, device, root)
     check_input_path(model, "--model")
@@ -59,6 +83,7 @@ def audit_cmd(
     res = run.results
     console.print(f"[bold]{res['model']['name']}[/] on {res['data']['name']} ({res['data']['n']} examples): "
                   f"clean accuracy {res['clean_accuracy']:.4f}", highlight=False)
+    console.print(_scorecard_table(res, format_value, format_threshold))
     for sec in run.sections:
         for t in sec.tables:
             console.print(table(f"{sec.name}: {t.title}", t.columns, t.rows))
@@ -66,3 +91,8 @@ def audit_cmd(
     console.print(f"[green]report[/] {out_dir / 'report.html'}   [green]results[/] {out_dir / 'results.json'}",
                   highlight=False)
     emit(res, as_json)
+    bad = failing(res["scorecard"], fail_on)
+    if bad:
+        console.print(f"[red]--fail-on {fail_on}:[/] " + "; ".join(f"{r['threat']} {r['metric']}: {r['verdict']}"
+                                                                   for r in bad), highlight=False)
+        raise typer.Exit(1)
