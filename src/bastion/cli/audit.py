@@ -24,7 +24,6 @@ from bastion.cli.common import (
     table,
 )
 
-
 COLORS = {"pass": "green", "warn": "yellow", "fail": "red", "not measured": "dim"}
 
 
