@@ -253,3 +253,19 @@ def test_fail_on_exit_codes(ckpt: Path, tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert cli(["audit", "-m", str(ckpt), "-o", str(out), "--fail-on", "sometimes"]) == 2
     assert "--fail-on must be one of never, warn, fail" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ leakage
+
+def test_leakage_rows_per_defense_and_per_example(ckpt: Path, tmp_path: Path) -> None:
+    leak = {"kind": "leakage", "n": 2, "max_iter": 10, "defenses": ["none", "noise:0.1"]}
+    run = run_audit(ckpt, _cfg([leak], leakage_ssim=-1.0, leakage_warn_band=0.0), tmp_path / "run")
+    rows = [r for r in run.results["scorecard"] if r["threat"] == "leakage"]
+    assert [("defense none" in r["metric"], "defense noise:0.1" in r["metric"]) for r in rows] == [
+        (True, False), (False, True)]
+    assert all(r["verdict"] == "fail" and -1 <= r["value"] <= 1 and r["ci"] is not None for r in rows)
+    sec = run.results["sections"]["leakage"]
+    assert "bastion.defenses.gradient" in sec["advice"] and "per_example" not in sec["summary"]["runs"][0]
+    t = RunStore(tmp_path / "run", run.results["cache_context"]).load_tensors(sec["summary"]["per_example_tensors"])
+    assert t is not None and t["ssim:patterned:none"].numel() == 2
+    assert float(t["ssim:patterned:none"].mean()) == pytest.approx(rows[0]["value"], abs=1e-6)

@@ -210,7 +210,7 @@ def _score(out: SectionOutput, th: Any, spec: LeakageSpec, rows: list[dict[str, 
         out.scorecard.append(ScoreRow(threat="leakage", metric=metric, value=value, verdict=verdict,
                                       meaning=meaning, ci=ci, threshold=fail_at, higher_is_better=False,
                                       section=name, note=f"best initialisation: {best['init']}"))
-    if any(r.get("stop_reason", "").startswith("max_iter") for r in rows):
+    if any(str(r.get("stop_reason") or "").startswith("max_iter") for r in rows):
         out.notes.append("Some attacks stopped at max_iter: a longer optimisation may reconstruct better.")
     if min(r["n"] for r in rows) < 8:
         out.notes.append(f"Only {min(r['n'] for r in rows)} example(s) attacked per configuration: the SSIM "
