@@ -290,7 +290,10 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
                     robust = correct & ~fooled
                     curves.setdefault(label, []).append((b, float(robust.float().mean())))
                     at_budget.setdefault((norm, float(b)), []).append((label, cls.black_box, single, robust))
-                    rows.append(_budget_row(label, norm, float(b), robust, fooled, correct, extra))
+                    # perturbation sizes over the examples fooled within this budget (own norm only)
+                    within = {**extra, "mean_l2": None, "mean_linf": None, "mean_l0": None,
+                              f"mean_{norm}": float(norms[fooled].mean()) if bool(fooled.any()) else None}
+                    rows.append(_budget_row(label, norm, float(b), robust, fooled, correct, within))
                 rows.append(_budget_row(label, norm, None, correct & ~success, success, correct, extra))
             else:
                 robust = correct & after
@@ -322,7 +325,8 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
         "the attack fools (reaches its target when targeted); clean_error: share misclassified "
         "before any attack. Minimum-norm attacks count as successful at a budget when their "
         "perturbation's norm is within it; eps '-' is the unbounded run. 'worst case' rows count "
-        "an example as robust only when no attack at that budget fooled it."))
+        "an example as robust only when no attack at that budget fooled it. Budgets: "
+        + "; ".join(describe_budget(n_, e_, vr) for n_, e_ in sorted(worst_mask)) + "."))
     out.tables.append(ReportTable(
         "Resolved attack parameters", ["attack", "eps", "parameters"],
         [[r["attack"], r["eps"], _params_text(r["params"])] for r in rows
