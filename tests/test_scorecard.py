@@ -269,3 +269,63 @@ def test_leakage_rows_per_defense_and_per_example(ckpt: Path, tmp_path: Path) ->
     t = RunStore(tmp_path / "run", run.results["cache_context"]).load_tensors(sec["summary"]["per_example_tensors"])
     assert t is not None and t["ssim:patterned:none"].numel() == 2
     assert float(t["ssim:patterned:none"].mean()) == pytest.approx(rows[0]["value"], abs=1e-6)
+
+
+def test_membership_estimable_tpr_row(ckpt: Path, tmp_path: Path) -> None:
+    """With >= 100 non-members the TPR at 1% FPR is judged, with a Wilson interval."""
+    mem = {"kind": "membership", "attacks": ["gap"], "eval_size": 120}
+    for th, expect in (({"membership_tpr_at_1fpr": 1.0}, "pass"), ({}, None)):
+        run = run_audit(ckpt, _cfg([mem], n=120, **th), tmp_path / "run")
+        sec = run.results["sections"]["membership"]
+        row = next(r for r in sec["scorecard"] if r["metric"].startswith("TPR at 1% FPR"))
+        k = 120
+        assert row["value"] is not None and row["ci"] == pytest.approx(
+            list(wilson_interval(round(row["value"] * k), k)))
+        rule = sc.above_chance(row["value"], tuple(row["ci"]), row["threshold"])
+        assert row["verdict"] == (expect or rule)
+        assert sec["summary"]["gap_tpr@1%fpr"] == row["value"]
+        assert sec["summary"]["not_estimable"]["gap"] == ["tpr@0.1%fpr"]
+        assert not any("capped" in n for n in sec["notes"])
+
+
+def test_gradient_masking_flags() -> None:
+    from bastion.audit.evasion_section import _masking_flags, _worst_case
+
+    correct = torch.ones(10, dtype=torch.bool)
+
+    def mask(k: int) -> torch.Tensor:
+        return torch.arange(10) < k
+
+    at = {("linf", 0.1): [("pgd", False, False, mask(6)), ("fgsm", False, True, mask(4)),
+                          ("square", True, False, mask(3))],
+          ("linf", 0.3): [("pgd", False, False, mask(8)), ("fgsm", False, True, mask(8)),
+                          ("square", True, False, mask(8))]}
+    worst_rows, _ = _worst_case(at, correct)
+    assert [r["robust_accuracy"] for r in worst_rows] == [0.3, 0.8]
+    flags = _masking_flags(at, worst_rows)
+    assert "black-box beats every white-box" in flags[("linf", 0.1)]["square"][0]
+    assert "single-step beats iterative" in flags[("linf", 0.1)]["fgsm"][0]
+    assert "rises from eps 0.1 to 0.3" in flags[("linf", 0.3)][worst_rows[1]["attack"]][0]
+    assert ("linf", 0.3) not in flags or "pgd" not in flags[("linf", 0.3)]
+
+
+def test_dp_checkpoint_gets_a_measured_row(tmp_path: Path, capsys) -> None:
+    from bastion.audit.sections import get_section
+    from bastion.models import load_classifier
+    from bastion.models.checkpoint import read_metadata
+
+    out = tmp_path / "dp.st"
+    assert cli(["train", "-m", "mlp", "-d", "digits", "--arg", "hidden=[16]", "-o", str(out), "--dp",
+                "--sigma", "1", "--clip", "1", "--steps", "6", "--delta", "1e-5"]) == 0
+    capsys.readouterr()
+    rec = read_metadata(out)["privacy"]
+
+    class Ctx:
+        meta = read_metadata(out)
+        model = load_classifier(out, device="cpu")
+        thresholds = Thresholds(dp_epsilon=1e6, dp_epsilon_warn=1e5)
+    sec = get_section("dp")(Ctx(), {"kind": "dp"})  # type: ignore[arg-type]
+    row = sc.row_dict(sec.scorecard[0])
+    assert row["value"] == pytest.approx(rec["headline"]["epsilon"]) and row["verdict"] == "pass"
+    assert row["metric"] == "epsilon at delta 1e-05" and row["unit"] == "eps"
+    assert sec.threat_model and "--dp" in sec.advice

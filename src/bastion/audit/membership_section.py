@@ -137,9 +137,14 @@ def run_membership_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOut
         "Membership inference (low-FPR)", cols, rows,
         f"{k} members and {k} non-members; TPR at an FPR needs at least 1/FPR non-members to be "
         "estimable; chance is TPR = FPR and AUC = 0.5."))
+    tpr_ok = k >= MIN_NONMEMBERS["tpr@1%fpr"]
     out.summary = {"threat_model": res["threat_model"],
-                   **{f"{a}_tpr@1%fpr": r["tpr@1%fpr"] for a, r in results.items()},
-                   **{f"{a}_auc": r["auc"] for a, r in results.items()}}
+                   **{f"{a}_tpr@1%fpr": r["tpr@1%fpr"] if tpr_ok and a not in few_shadows else None
+                      for a, r in results.items()},
+                   **{f"{a}_auc": None if a in few_shadows else r["auc"] for a, r in results.items()},
+                   "not_estimable": {a: [c for c, v in zip(cols, row, strict=True)
+                                         if isinstance(v, str) and v.startswith("not estimable")]
+                                     for a, row in zip(results, rows, strict=True)}}
     usable = {a: r for a, r in results.items() if a not in few_shadows}
     _score(out, th, usable, k, name, spec.attacks)
     t = ctx.load_tensors(key)
