@@ -22,7 +22,8 @@ from bastion.core import BastionError, Classifier, ConfigError, resolve_device, 
 from bastion.data import load
 from bastion.data.dataset import Dataset
 from bastion.fileio import atomic_write, fsync_dir, os_error, probe_writable, strict_json
-from bastion.models.checkpoint import library_versions, load_classifier
+from bastion.models.checkpoint import library_versions
+from bastion.models.loading import ModelSource, load_model
 
 
 @dataclass
@@ -56,13 +57,15 @@ class _Prepared:
     sections: list[dict[str, Any]]
 
 
-def _prepare(model: Classifier | str | Path, cfg: AuditConfig, data: str | None, device: str,
+def _prepare(model: Classifier | ModelSource | str | Path, cfg: AuditConfig, data: str | None, device: str,
              root: str | Path | None) -> _Prepared:
     dev = resolve_device(device)
     checkpoint = None
     if not isinstance(model, Classifier):
-        checkpoint = Path(model)
-        model = load_classifier(checkpoint, device=dev)
+        src = model if isinstance(model, ModelSource) else ModelSource(model)
+        if src.kind == "checkpoint":
+            checkpoint = Path(src.model)
+        model = load_model(src, device=dev)
     model.eval()
     data_name = cfg.data.name or data or model.meta.get("dataset")
     if data_name is None:
