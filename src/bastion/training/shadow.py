@@ -247,7 +247,20 @@ def fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 
 
 def _callable_name(fn: Callable[..., Any]) -> str:
-    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
+    """`module:qualname` plus a digest of the function's code, so the shadow cache tells
+    two lambdas (or an edited function) apart; closure values are not part of it."""
+    name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        h = hashlib.sha256()
+
+        def feed(c: Any) -> None:
+            h.update(c.co_code)
+            for k in c.co_consts:  # nested code objects by content (their repr holds an address)
+                feed(k) if hasattr(k, "co_code") else h.update(repr(k).encode())
+        feed(code)
+        name += f"@{h.hexdigest()[:8]}"
+    return name
 
 
 def _build(cfg: ShadowConfig, spec: InputSpec, num_classes: int, i: int, device: torch.device) -> Classifier:
