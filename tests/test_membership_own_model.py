@@ -153,3 +153,26 @@ def test_yeom_and_gap_need_no_architecture(tmp_path: Path) -> None:
     assert rep2.results["yeom"]["auc"] == pytest.approx(rep.results["yeom"]["auc"])
     with pytest.raises(ConfigError, match="torch.export program"):
         audit_membership(exported, train, test, MIAConfig(attacks=("rmia",), shadows=2, eval_size=50))
+
+
+def test_fresh_copies_of_an_in_memory_module_as_shadows() -> None:
+    from bastion.models.entrypoint import fresh_builder
+
+    train, test = load("digits", "train").take(300), load("digits", "test")
+    module = _fit(_mlp(), train, epochs=20)
+    build = fresh_builder(module)
+    copy = build()
+    assert all(not torch.equal(a, b) for a, b in zip(copy.parameters(), module.parameters(), strict=True))
+    target = Classifier(module, SPEC, 10, device="cpu")
+    target.shadow_build_fn = build  # what bastion.audit.run sets for a plain module
+    rep = audit_membership(target, train, test, MIAConfig(attacks=("lira-offline",), shadows=2, eval_size=100,
+                                                          shadow_epochs=2))
+    assert rep.threat_model["shadow_training"]["trained"] == 2
+    with pytest.raises(ConfigError, match="reset_parameters"):
+        fresh_builder(_with_orphan())
+
+
+def _with_orphan() -> nn.Module:
+    m = Counting()
+    m.scale = nn.Parameter(torch.ones(1))
+    return m
