@@ -72,7 +72,7 @@ def test_path_too_long(ckpt, tmp_path):
 
 
 def test_oserror_from_file_system_is_one_line(monkeypatch, ckpt):
-    import bastion.models as models
+    import bastion.models.checkpoint as models
 
     def boom(*_a, **_k):
         raise OSError(36, "File name too long", "x" * 5000)

@@ -23,7 +23,8 @@ from bastion.core import BastionError, Classifier, ConfigError, resolve_device, 
 from bastion.data import load
 from bastion.data.dataset import Dataset
 from bastion.fileio import atomic_write, fsync_dir, os_error, probe_writable, strict_json
-from bastion.models.checkpoint import library_versions, load_classifier
+from bastion.models.checkpoint import library_versions
+from bastion.models.loading import ModelSource, load_model
 
 
 @dataclass
@@ -57,19 +58,38 @@ class _Prepared:
     sections: list[dict[str, Any]]
 
 
-def _prepare(model: Classifier | str | Path, cfg: AuditConfig, data: str | None, device: str,
+def _prepare(model: Classifier | ModelSource | str | Path, cfg: AuditConfig,
+             data: str | Dataset | tuple[Dataset | None, Dataset] | None, device: str,
              root: str | Path | None) -> _Prepared:
+    """Load and check the model (a Classifier, a ModelSource, or a checkpoint path) and
+    the data (a registry name, or in-memory: one Dataset to evaluate on, or a pair
+    (train, test) where train may be None) and validate every section."""
     dev = resolve_device(device)
     checkpoint = None
     if not isinstance(model, Classifier):
-        checkpoint = Path(model)
-        model = load_classifier(checkpoint, device=dev)
+        src = model if isinstance(model, ModelSource) else ModelSource(model)
+        if src.kind == "checkpoint":
+            checkpoint = Path(src.model)
+        model = load_model(src, device=dev)
     model.eval()
-    data_name = cfg.data.name or data or model.meta.get("dataset")
-    if data_name is None:
-        raise ConfigError("no data set: pass --data or set data.name in the config")
-    root = cfg.data.root or root
-    test_full = load(data_name, cfg.data.split, root=root)
+    given: tuple[Dataset | None, Dataset] | None = None
+    if isinstance(data, Dataset):
+        given = (None, data)
+    elif isinstance(data, tuple):
+        given = data
+    if given is not None:
+        if cfg.data.name:
+            raise ConfigError(f"the config names data set {cfg.data.name!r} and data was passed in memory; "
+                              "drop one")
+        test_full = given[1]
+        data_name = test_full.name or "data"
+        root = None
+    else:
+        data_name = cfg.data.name or data or model.meta.get("dataset")
+        if data_name is None:
+            raise ConfigError("no data set: pass --data or set data.name in the config")
+        root = cfg.data.root or root
+        test_full = load(data_name, cfg.data.split, root=root)
     if tuple(test_full.input_shape) != model.spec.shape:
         raise ConfigError(f"data {data_name!r} has inputs of shape {test_full.input_shape}, the model "
                           f"expects {model.spec.shape}")
@@ -80,7 +100,16 @@ def _prepare(model: Classifier | str | Path, cfg: AuditConfig, data: str | None,
         sections.append({"kind": "dp", "name": "dp" if "dp" not in names else "privacy"})
     for s in sections:
         validate_section(s["kind"], s)
-    train = load(data_name, "train", root=root) if cfg.data.split != "train" else test_full
+    if given is not None:
+        if given[0] is None and any(s["kind"] == "membership" for s in sections):
+            raise ConfigError("a membership section needs the model's training data (its members): pass "
+                              "train= as well as the evaluation data")
+        train = given[0] if given[0] is not None else test_full
+        if tuple(train.input_shape) != model.spec.shape:
+            raise ConfigError(f"training data has inputs of shape {train.input_shape}, the model expects "
+                              f"{model.spec.shape}")
+    else:
+        train = load(data_name, "train", root=root) if cfg.data.split != "train" else test_full
     seed_everything(cfg.seed)
     test = _select(model, test_full, cfg.data.n, cfg.data.only_correct)
     return _Prepared(model, checkpoint, dev, data_name, root, train, test, sections)

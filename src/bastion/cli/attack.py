@@ -28,6 +28,17 @@ from bastion.cli.common import (
     parse_kv,
     table,
 )
+from bastion.cli.model_options import (
+    BOUNDS_OPTION,
+    INPUT_SHAPE_OPTION,
+    MEAN_OPTION,
+    MODEL_ARG_OPTION,
+    MODEL_HELP,
+    NUM_CLASSES_OPTION,
+    STD_OPTION,
+    WEIGHTS_OPTION,
+    load_model_from_options,
+)
 from bastion.core import ConfigError
 
 
@@ -94,7 +105,14 @@ def save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
 
 @app.command("attack")
 def attack_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.st) to attack."),
+    model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    weights: Path = WEIGHTS_OPTION,
+    model_arg: list[str] = MODEL_ARG_OPTION,
+    input_shape: str = INPUT_SHAPE_OPTION,
+    num_classes: int = NUM_CLASSES_OPTION,
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
+    bounds: str = BOUNDS_OPTION,
     attack: str = typer.Option("pgd", "--attack", "-a", help="Attack name (see `bastion attacks`)."),
     data: str = typer.Option(None, "--data", "-d", help="Data set (default: the checkpoint's)."),
     norm: str = typer.Option(None, "--norm", help="linf, l2, l1 or l0 (attack's default if omitted)."),
@@ -117,7 +135,6 @@ def attack_cmd(
     from bastion.core import seed_everything, unknown_name
     from bastion.data import load
     from bastion.metrics.evasion import evasion_metrics
-    from bastion.models import load_classifier, read_metadata
 
     check_int(n, "--n", 1, MAX_EXAMPLES)
     check_common(seed, device, root)
@@ -128,9 +145,8 @@ def attack_cmd(
     atk = build_attack(attack, norm, eps, parse_kv(arg))
     if targeted is not None and not type(atk).supports_targeted:
         raise ConfigError(f"attack {type(atk).name!r} is untargeted only; drop --targeted")
-    meta = read_metadata(model)
-    data = data or meta.get("dataset") or "mnist-5k"
-    clf = load_classifier(model, device=device)
+    clf = load_model_from_options(model, weights, input_shape, num_classes, mean, std, bounds, model_arg, device)
+    data = data or clf.meta.get("dataset") or "mnist-5k"
     test = load(data, "test", root=root)
     seed_everything(seed)
     x, y = test.x, test.y

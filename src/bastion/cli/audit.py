@@ -23,6 +23,17 @@ from bastion.cli.common import (
     emit,
     table,
 )
+from bastion.cli.model_options import (
+    BOUNDS_OPTION,
+    INPUT_SHAPE_OPTION,
+    MEAN_OPTION,
+    MODEL_ARG_OPTION,
+    MODEL_HELP,
+    NUM_CLASSES_OPTION,
+    STD_OPTION,
+    WEIGHTS_OPTION,
+    model_source,
+)
 
 COLORS = {"pass": "green", "warn": "yellow", "fail": "red", "not measured": "dim"}
 
@@ -43,7 +54,14 @@ def _scorecard_table(res: dict, value: Callable[[dict], str], threshold: Callabl
 
 @app.command("audit")
 def audit_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.st) to audit."),
+    model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    weights: Path = WEIGHTS_OPTION,
+    model_arg: list[str] = MODEL_ARG_OPTION,
+    input_shape: str = INPUT_SHAPE_OPTION,
+    num_classes: int = NUM_CLASSES_OPTION,
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
+    bounds: str = BOUNDS_OPTION,
     data: str = typer.Option(None, "--data", "-d", help="Data set (default: the checkpoint's)."),
     config: Path = typer.Option(None, "--config", "-c", help="Audit config YAML (default: FGSM + PGD "
                                 "at eps 0.05..0.3)."),
@@ -74,11 +92,12 @@ def audit_cmd(
     check_input_path(config, "--config")
     check_out_dir(out_dir, "--out")
     cfg = load_config(config)
+    src = model_source(model, weights, input_shape, num_classes, mean, std, bounds, model_arg)
     if n is not None:
         cfg.data.n = n
     if seed is not None:
         cfg.seed = seed
-    run = run_audit(model, cfg, out_dir, data=data, device=device, root=root, wait=wait)
+    run = run_audit(src, cfg, out_dir, data=data, device=device, root=root, wait=wait)
     res = run.results
     console.print(f"[bold]{res['model']['name']}[/] on {res['data']['name']} ({res['data']['n']} examples): "
                   f"clean accuracy {res['clean_accuracy']:.4f}", highlight=False)

@@ -8,6 +8,16 @@ import typer
 
 from bastion.cli.app import app
 from bastion.cli.common import JSON_OPTION, console, emit, table
+from bastion.cli.model_options import (
+    BOUNDS_OPTION,
+    INPUT_SHAPE_OPTION,
+    MEAN_OPTION,
+    MODEL_ARG_OPTION,
+    NUM_CLASSES_OPTION,
+    STD_OPTION,
+    WEIGHTS_OPTION,
+    load_model_from_options,
+)
 
 
 @app.command("models")
@@ -39,14 +49,29 @@ def datasets_cmd(as_json: bool = JSON_OPTION) -> None:
 
 
 @app.command("info")
-def info_cmd(checkpoint: Path = typer.Argument(..., help="A .st checkpoint."),
+def info_cmd(checkpoint: Path = typer.Argument(..., help="A .st checkpoint, a .pt2 program or an entry "
+                                                "point my_pkg.models:build (with the options below)."),
+             weights: Path = WEIGHTS_OPTION, model_arg: list[str] = MODEL_ARG_OPTION,
+             input_shape: str = INPUT_SHAPE_OPTION, num_classes: int = NUM_CLASSES_OPTION,
+             mean: str = MEAN_OPTION, std: str = STD_OPTION, bounds: str = BOUNDS_OPTION,
              as_json: bool = JSON_OPTION) -> None:
-    """Show a checkpoint's metadata (architecture, data, accuracy, versions)."""
+    """Show a checkpoint's metadata (architecture, data, accuracy, versions), or what a
+    user model source loads as (input spec, classes, parameters)."""
     from bastion.cli.common import check_input_path
     from bastion.models import read_metadata
+    from bastion.models.entrypoint import is_entry_point, refuse_pickle
 
     check_input_path(checkpoint, "CHECKPOINT")
-    meta = read_metadata(checkpoint)
+    own = (is_entry_point(str(checkpoint)) or checkpoint.suffix.lower() == ".pt2"
+           or any(v is not None for v in (weights, input_shape, num_classes, mean, std, bounds, model_arg)))
+    if own:
+        clf = load_model_from_options(checkpoint, weights, input_shape, num_classes, mean, std, bounds,
+                                      model_arg, "cpu")
+        meta = {**clf.meta, "name": clf.name, "num_classes": clf.num_classes, "input_spec": clf.spec.to_dict(),
+                "parameters": sum(p.numel() for p in clf.module.parameters())}
+    else:
+        refuse_pickle(checkpoint)
+        meta = read_metadata(checkpoint)
     from rich.markup import escape
 
     rec = meta.get("privacy")

@@ -23,12 +23,30 @@ from bastion.cli.common import (
     table,
     to_json,
 )
+from bastion.cli.model_options import (
+    BOUNDS_OPTION,
+    INPUT_SHAPE_OPTION,
+    MEAN_OPTION,
+    MODEL_ARG_OPTION,
+    MODEL_HELP,
+    NUM_CLASSES_OPTION,
+    STD_OPTION,
+    WEIGHTS_OPTION,
+    load_model_from_options,
+)
 
 
 @app.command("leak")
 def leak_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint (.st), trained or untrained: "
+    model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Trained or untrained: "
                                "the leaked gradient is computed at its weights."),
+    weights: Path = WEIGHTS_OPTION,
+    model_arg: list[str] = MODEL_ARG_OPTION,
+    input_shape: str = INPUT_SHAPE_OPTION,
+    num_classes: int = NUM_CLASSES_OPTION,
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
+    bounds: str = BOUNDS_OPTION,
     data: str = typer.Option(None, "--data", "-d", help="Data set of the private examples "
                              "(default: the checkpoint's)."),
     split: str = typer.Option("train", "--split", help="Split the private examples come from."),
@@ -60,7 +78,6 @@ def leak_cmd(
     from bastion.core import ConfigError, seed_everything
     from bastion.data import load
     from bastion.defenses.gradient import parse_defense
-    from bastion.models import load_classifier
 
     params = parse_kv(arg)
     check_int(n, "--n", 1, 1024)
@@ -78,10 +95,10 @@ def leak_cmd(
     cfg_probe = make_config(attack, init=init, max_iter=max_iter, **params)  # validate early
     if defense is not None:
         parse_defense(defense)
-    clf = load_classifier(model, device=device)
+    clf = load_model_from_options(model, weights, input_shape, num_classes, mean, std, bounds, model_arg, device)
     name = data or clf.meta.get("dataset")
     if not name:
-        raise ConfigError("the checkpoint records no data set; pass --data")
+        raise ConfigError("the model records no data set; pass --data")
     ds = load(name, split, root=root)
     other = load(name, "test" if split == "train" else "train", root=root)
     if tuple(ds.input_shape) != clf.spec.shape:

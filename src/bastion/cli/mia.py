@@ -30,11 +30,30 @@ from bastion.cli.common import (
     emit,
     table,
 )
+from bastion.cli.model_options import (
+    BOUNDS_OPTION,
+    INPUT_SHAPE_OPTION,
+    MEAN_OPTION,
+    MODEL_ARG_OPTION,
+    MODEL_HELP,
+    NUM_CLASSES_OPTION,
+    STD_OPTION,
+    WEIGHTS_OPTION,
+    load_model_from_options,
+)
 
 
 @app.command("mia")
 def mia_cmd(
-    model: Path = typer.Option(..., "--model", "-m", help="Target checkpoint (from `bastion train`)."),
+    model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP + " Shadow models are built "
+                               "like it (zoo name or entry point)."),
+    weights: Path = WEIGHTS_OPTION,
+    model_arg: list[str] = MODEL_ARG_OPTION,
+    input_shape: str = INPUT_SHAPE_OPTION,
+    num_classes: int = NUM_CLASSES_OPTION,
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
+    bounds: str = BOUNDS_OPTION,
     data: str = typer.Option("mnist-5k", "--data", "-d", help="Data set the target was trained on."),
     attack: str = typer.Option("lira", "--attack", "-a",
                                help="lira | lira-offline | rmia | shokri | yeom | gap (comma-separated list ok)."),
@@ -66,7 +85,6 @@ def mia_cmd(
     from bastion.cli.common import to_json
     from bastion.core import ConfigError, unknown_name
     from bastion.data import load
-    from bastion.models import load_classifier, read_metadata
 
     check_int(shadows, "--shadows", 0, MAX_SHADOWS)
     check_int(eval_size, "--eval-size", 1, MAX_EXAMPLES)
@@ -85,16 +103,16 @@ def mia_cmd(
                     shadow_epochs=epochs, method=method, pool_size=pool_size,
                     seed=seed)
     mode = cfg.resolve()  # all threat-model and count checks before any loading/training
-    meta = read_metadata(model)
+    target = load_model_from_options(model, weights, input_shape, num_classes, mean, std, bounds, model_arg, device)
+    meta = target.meta
     if meta.get("dataset") not in (None, data):
         raise ConfigError(f"{model} was trained on {meta.get('dataset')!r}, not {data!r}: membership ground "
                           "truth is only known for the data set the target was trained on")
     if members == nonmembers:
         raise ConfigError("--members and --nonmembers must be different splits")
-    target = load_classifier(model, device=device)
     mem, non = load(data, members, root=root), load(data, nonmembers, root=root)
     cache = cache if cache is not None else (out / "shadows" if out is not None else None)
-    console.print(f"target {model} ({meta.get('arch')}); {len(mem)} members ({members}), {len(non)} "
+    console.print(f"target {model} ({meta.get('arch') or meta.get('entry_point') or 'own module'}); {len(mem)} members ({members}), {len(non)} "
                   f"non-members ({nonmembers}); attacker data: {mode}", highlight=False)
     rep = audit_membership(target, mem, non, cfg, cache_dir=cache,
                            log=lambda s: console.print(s, highlight=False))

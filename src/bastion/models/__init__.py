@@ -1,4 +1,4 @@
-"""Model zoo, Classifier construction and safetensors checkpoints."""
+"""Model zoo, Classifier construction, safetensors checkpoints and user model sources."""
 
 from bastion.models.checkpoint import (
     build_classifier,
@@ -6,6 +6,8 @@ from bastion.models.checkpoint import (
     read_metadata,
     save_classifier,
 )
+from bastion.models.loading import ModelSource, load_model
 from bastion.models.zoo import create, names
 
-__all__ = ["build_classifier", "create", "load_classifier", "names", "read_metadata", "save_classifier"]
+__all__ = ["ModelSource", "build_classifier", "create", "load_classifier", "load_model", "names",
+           "read_metadata", "save_classifier"]

@@ -4,6 +4,11 @@ Weights are plain tensors (safetensors never executes code); the header's "basti
 is JSON with the architecture and its arguments, the input spec, number of classes,
 dataset, test accuracy, seed and library versions. `load_classifier` rebuilds the model
 from the zoo, so loading never unpickles anything.
+
+A user's own architecture is stored as its entry point (`my_pkg.models:build`, a callable
+returning the `nn.Module`) and the entry point's keyword arguments instead of a zoo name;
+loading imports that entry point (the same code `--model my_pkg.models:build` runs) and
+refuses, in one line, when it is not importable or builds another layout.
 """
 
 from __future__ import annotations
@@ -94,17 +99,51 @@ def build_classifier(arch: str, spec: InputSpec, num_classes: int, arch_args: di
                       meta={"arch": arch, "arch_args": args})
 
 
+def _entry_source(clf: Classifier, entry: str | None, entry_args: dict[str, Any] | None) -> dict[str, Any]:
+    """How a user architecture is rebuilt: entry point + arguments, checked to rebuild
+    exactly this state-dict layout before anything is written."""
+    from bastion.models.entrypoint import check_rebuilds, class_entry_point
+
+    if clf.meta.get("exported_program") and entry is None:
+        raise ConfigError(f"a torch.export program ({clf.meta['exported_program']}) is already a model file: "
+                          "pass it as --model, or save_classifier(..., entry_point='pkg.mod:build') to store "
+                          "code that rebuilds it")
+    entry = entry or clf.meta.get("entry_point") or class_entry_point(clf.module)
+    if entry is None:
+        raise ConfigError(f"cannot record how to rebuild {type(clf.module).__name__} (defined in __main__ or "
+                          "inside a function): move it into an importable module and pass "
+                          "entry_point='my_pkg.models:build'")
+    args = dict(entry_args if entry_args is not None else clf.meta.get("entry_args") or {})
+    try:
+        json.dumps(args)
+    except (TypeError, ValueError):
+        raise ConfigError(f"entry_args must be JSON values (numbers, strings, lists), got {args!r}"[:300]) from None
+    check_rebuilds(entry, args, clf.module)
+    return {"entry_point": entry, "entry_args": args}
+
+
 def save_classifier(path: str | Path, clf: Classifier, **meta: Any) -> Path:
     """Write weights + metadata atomically (temp file, then rename). Extra keyword
-    arguments (dataset=, test_accuracy=, seed=, ...) are stored in the metadata."""
+    arguments (dataset=, test_accuracy=, seed=, ...) are stored in the metadata.
+
+    A zoo model is recorded by architecture name. Any other module is recorded by an entry
+    point that rebuilds it: `entry_point='my_pkg.models:build'` (with `entry_args={...}`,
+    its keyword arguments), else the one it was loaded from, else its class when that is
+    importable and takes no arguments. The entry point is built once (on the meta device)
+    to check it gives this exact layout; otherwise a ConfigError says what to pass."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    if "arch" not in clf.meta:
-        raise ConfigError("only zoo models (built with build_classifier) can be checkpointed by name")
-    record = {"format": FORMAT_VERSION, "arch": clf.meta["arch"], "arch_args": clf.meta.get("arch_args", {}),
+    entry = meta.pop("entry_point", None)
+    entry_args = meta.pop("entry_args", None)
+    if "arch" in clf.meta and entry is None:
+        source = {"arch": clf.meta["arch"], "arch_args": clf.meta.get("arch_args", {})}
+    else:
+        source = _entry_source(clf, entry, entry_args)
+    skip = ("arch", "arch_args", "entry_point", "entry_args")
+    record = {"format": FORMAT_VERSION, **source,
               "num_classes": clf.num_classes, "input_spec": clf.spec.to_dict(), "name": clf.name,
-              "versions": library_versions(), **{k: v for k, v in clf.meta.items() if k not in ("arch", "arch_args")},
+              "versions": library_versions(), **{k: v for k, v in clf.meta.items() if k not in skip},
               **meta}
     state = {k: v.detach().cpu().contiguous() for k, v in clf.module.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,8 +171,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from e
     if "bastion" not in header:
-        raise CheckpointError(f"{path}: safetensors file without Bastion metadata; save it with "
-                              "bastion.models.save_classifier")
+        raise CheckpointError(f"{path}: a plain safetensors state dict without Bastion metadata (no architecture); pass the "
+                              f"code that builds the model: --model my_pkg.models:build --weights {path} "
+                              "--input-shape C,H,W --num-classes K")
     try:
         meta = json.loads(header["bastion"])
     except (json.JSONDecodeError, RecursionError) as e:
@@ -141,7 +181,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: Bastion metadata must be a JSON object, got "
                               f"{type(meta).__name__}; re-save it with bastion.models.save_classifier")
-    for key in ("arch", "dataset", "name"):
+    for key in ("arch", "dataset", "name", "entry_point"):
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise CheckpointError(f"{path}: metadata {key!r} must be a string, got {meta[key]!r}"[:300])
     return meta
@@ -149,11 +189,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 def _spec_of(path: Path, meta: dict[str, Any]) -> tuple[InputSpec, int, str, dict[str, Any]]:
     """Input spec, classes, architecture and its arguments from checked metadata."""
-    missing = [k for k in ("arch", "num_classes", "input_spec") if k not in meta]
+    missing = [k for k in ("arch", "num_classes", "input_spec") if k not in meta
+               and not (k == "arch" and "entry_point" in meta)]
     if missing:
         raise CheckpointError(f"{path}: metadata lacks {', '.join(missing)}; re-save it with "
                               "bastion.models.save_classifier")
-    arch, n_cls, raw, args = meta["arch"], meta["num_classes"], meta["input_spec"], meta.get("arch_args", {})
+    entry = "arch" not in meta
+    arch, n_cls, raw = meta.get("arch", meta.get("entry_point")), meta["num_classes"], meta["input_spec"]
+    args = meta.get("entry_args" if entry else "arch_args", {})
     if not isinstance(arch, str):
         raise CheckpointError(f"{path}: metadata 'arch' must be a string, got {arch!r}")
     if isinstance(n_cls, bool) or not isinstance(n_cls, int) or not 2 <= n_cls <= 1_000_000:
@@ -204,8 +247,11 @@ def load_classifier(path: str | Path, device: str | torch.device | None = "auto"
     spec, n_cls, arch, args = _spec_of(path, meta)
     name = meta.get("name")
     try:
-        clf = build_classifier(arch, spec, n_cls, args, device="cpu",
-                               name=name if isinstance(name, str) else None)
+        if "arch" in meta:
+            clf = build_classifier(arch, spec, n_cls, args, device="cpu",
+                                   name=name if isinstance(name, str) else None)
+        else:
+            clf = _build_entry(path, arch, args, spec, n_cls, name)
         state = load_file(str(path))
         clf.module.load_state_dict(state, strict=True)
     except CheckpointError:
@@ -213,8 +259,22 @@ def load_classifier(path: str | Path, device: str | torch.device | None = "auto"
     except (KeyError, RuntimeError, ConfigError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: weights do not match the recorded architecture ({e})"[:500]) from e
     _check_finite(path, state)
-    clf.meta.update({k: v for k, v in meta.items() if k not in ("arch_args",)})
+    clf.meta.update({k: v for k, v in meta.items() if k not in ("arch_args", "entry_args")})
     return clf.to(dev)
+
+
+def _build_entry(path: Path, entry: str, args: dict[str, Any], spec: InputSpec, n_cls: int,
+                 name: Any) -> Classifier:
+    """Rebuild a user architecture by importing its recorded entry point."""
+    from bastion.models.entrypoint import build_module
+
+    try:
+        module = build_module(entry, args)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} records the architecture as entry point {entry!r}, which cannot be "
+                              f"rebuilt here: {e}"[:500]) from None
+    return Classifier(module, spec, n_cls, device="cpu", name=name if isinstance(name, str) else entry,
+                      meta={"entry_point": entry, "entry_args": dict(args)})
 
 
 def resolve(device: str | torch.device | None) -> torch.device:

@@ -83,8 +83,16 @@ class ShadowConfig:
     """How shadow models are built and trained (mirror the target's recipe).
 
     Attributes:
-        arch: zoo architecture name.
-        arch_args: zoo architecture arguments.
+        arch: zoo architecture name (unused when `entry_point` or `build_fn` is set).
+        arch_args: zoo architecture arguments, or the entry point's keyword arguments.
+        entry_point: a user architecture as 'module.path:callable' (returns an nn.Module).
+        build_fn: a user architecture as a Python function returning a fresh nn.Module
+            (models trained in this process only: never by worker processes).
+        train_fn: the user's own training, `train_fn(model, x, y) -> model`: `model` is the
+            fresh shadow as a Classifier (raw inputs in the spec's bounds, normalisation
+            inside; your module is `model.module`), x, y its half of the pool. Shadows are
+            then trained one after another by it; epochs, batch size, lr and optimizer are
+            not used.
         epochs: passes over each model's half of the pool (10, as in the issue's benchmark).
         batch_size: minibatch size per model.
         lr: learning rate (Adam 1e-3, as `bastion train`).
@@ -110,6 +118,20 @@ class ShadowConfig:
     group_size: int = 32
     workers: int | None = None
     spec: InputSpec | None = None
+    entry_point: str | None = None
+    build_fn: Callable[[], torch.nn.Module] | None = None
+    train_fn: Callable[..., Any] | None = None
+
+    @property
+    def user_code(self) -> bool:
+        """Whether training needs Python callables of this process (no worker processes)."""
+        return self.build_fn is not None or self.train_fn is not None
+
+    def describe(self) -> str:
+        """The architecture in words, for log lines."""
+        if self.build_fn is not None:
+            return f"{_callable_name(self.build_fn)} (build_fn)"
+        return self.entry_point or self.arch
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -126,6 +148,13 @@ class ShadowConfig:
             raise ConfigError(f"group_size must be >= 1, got {self.group_size}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        for name in ("build_fn", "train_fn"):
+            fn = getattr(self, name)
+            if fn is not None and not callable(fn):
+                raise ConfigError(f"{name} must be callable, got {type(fn).__name__}")
+        if self.user_code and self.method == "process":
+            raise ConfigError("method='process' trains in worker processes, which cannot run build_fn/"
+                              "train_fn of this process; use 'auto', 'vmap' or 'loop' (or an entry point)")
 
     def recipe(self) -> dict[str, Any]:
         """The fields that determine the trained weights (method and grouping do not)."""
@@ -133,18 +162,46 @@ class ShadowConfig:
         for k in ("method", "group_size", "workers"):
             d.pop(k)
         d["spec"] = None if self.spec is None else self.spec.to_dict()
+        if self.entry_point is not None or self.build_fn is not None:
+            d["arch"] = None
+        if self.build_fn is not None:  # a function is named by its qualified name + its layout
+            probe = self.build_fn()
+            d["build_fn"] = {"name": _callable_name(self.build_fn), "layout": {
+                k: list(v.shape) for k, v in probe.state_dict().items()}}
+        if self.train_fn is not None:
+            d["train_fn"] = _callable_name(self.train_fn)
+            for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay"):
+                d.pop(k)
+        for k in ("entry_point", "build_fn", "train_fn"):  # zoo recipes keep their old form
+            if d[k] is None:
+                d.pop(k)
         return d
 
     @classmethod
     def like(cls, target: Classifier, **overrides: Any) -> ShadowConfig:
         """A config that trains shadows like `target`, from its checkpoint metadata
-        (architecture, arguments, epochs, batch size, lr, optimizer)."""
+        (architecture, arguments, epochs, batch size, lr, optimizer).
+
+        The architecture: `build_fn=` or `entry_point=` in `overrides`, else the zoo name
+        or the entry point the target was loaded from; a target of unknown architecture
+        (an in-memory module, a torch.export program) is refused in one line."""
         meta = target.meta
-        if "arch" not in meta:
-            raise ConfigError("the target has no recorded architecture; pass arch= explicitly")
+        kw: dict[str, Any] = {"spec": target.spec}
+        if overrides.get("build_fn") is not None or overrides.get("entry_point") is not None:
+            pass
+        elif "arch" in meta:
+            kw.update(arch=meta["arch"], arch_args=dict(meta.get("arch_args") or {}))
+        elif meta.get("entry_point"):
+            kw.update(entry_point=meta["entry_point"], arch_args=dict(meta.get("entry_args") or {}))
+        elif meta.get("exported_program"):
+            raise ConfigError("shadow models cannot be rebuilt from a torch.export program: pass the code that "
+                              "builds the architecture, --model my_pkg.models:build --weights W.safetensors "
+                              "(build_fn= in Python), or use yeom/gap, which need no shadow models")
+        else:
+            raise ConfigError("shadow models need the target's architecture: pass build_fn= (a function "
+                              "returning a fresh model) or load it with --model my_pkg.models:build, or "
+                              "use yeom/gap, which need no shadow models")
         tr = meta.get("training") or {}
-        kw: dict[str, Any] = {"arch": meta["arch"], "arch_args": dict(meta.get("arch_args") or {}),
-                              "spec": target.spec}
         for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay"):
             if k in tr:
                 kw[k] = tr[k]
@@ -189,9 +246,64 @@ def fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 # --------------------------------------------------------------------------- training
 
 
+def _callable_name(fn: Callable[..., Any]) -> str:
+    """`module:qualname` plus a digest of the function's code, so the shadow cache tells
+    two lambdas (or an edited function) apart; closure values are not part of it."""
+    name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', type(fn).__name__)}"
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        h = hashlib.sha256()
+
+        def feed(c: Any) -> None:
+            h.update(c.co_code)
+            for k in c.co_consts:  # nested code objects by content (their repr holds an address)
+                feed(k) if hasattr(k, "co_code") else h.update(repr(k).encode())
+        feed(code)
+        name += f"@{h.hexdigest()[:8]}"
+    return name
+
+
 def _build(cfg: ShadowConfig, spec: InputSpec, num_classes: int, i: int, device: torch.device) -> Classifier:
     torch.manual_seed(_model_seed(cfg.seed, i, "init"))
-    return build_classifier(cfg.arch, spec, num_classes, cfg.arch_args, device=device, name=f"shadow-{i}")
+    if cfg.build_fn is None and cfg.entry_point is None:
+        return build_classifier(cfg.arch, spec, num_classes, cfg.arch_args, device=device, name=f"shadow-{i}")
+    if cfg.build_fn is not None:
+        try:
+            module = cfg.build_fn()
+        except Exception as e:
+            raise ConfigError(f"build_fn failed ({type(e).__name__}: {e})"[:300]) from None
+        if not isinstance(module, torch.nn.Module):
+            raise ConfigError(f"build_fn returned {type(module).__name__}, not a torch.nn.Module")
+    else:
+        from bastion.models.entrypoint import build_module
+        module = build_module(cfg.entry_point, cfg.arch_args)  # type: ignore[arg-type]
+    return Classifier(module, spec, num_classes, device=device, name=f"shadow-{i}")
+
+
+def _train_user(clf: Classifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, i: int,
+                cfg: ShadowConfig) -> tuple[Classifier, list[float]]:
+    """Shadow i trained by the user's `train_fn(model, x, y)` on its half of the pool
+    (torch's global RNG seeded by (seed, i), so runs repeat)."""
+    torch.manual_seed(_model_seed(cfg.seed, i, "order"))
+    clf.train()
+    try:
+        out = cfg.train_fn(clf, x[idx], y[idx])  # type: ignore[misc]
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"train_fn failed on shadow model {i} ({type(e).__name__}: {e})"[:300]) from None
+    if out is None or out is clf:
+        trained = clf
+    elif isinstance(out, Classifier):
+        trained = out
+    elif isinstance(out, torch.nn.Module):
+        if out is clf.module:
+            trained = clf
+        else:
+            trained = Classifier(out, clf.spec, clf.num_classes, device=clf.device, name=clf.name)
+    else:
+        raise ConfigError(f"train_fn must return the trained model, got {type(out).__name__}")
+    return trained.eval(), []
 
 
 def _make_opt(params: Any, cfg: ShadowConfig) -> torch.optim.Optimizer:
@@ -250,8 +362,29 @@ def _train_one(clf: Classifier, x: torch.Tensor, y: torch.Tensor, idx: torch.Ten
 
 
 def _vmappable(clf: Classifier) -> bool:
-    # Buffers updated in training (BatchNorm running stats) cannot be written under vmap.
-    return not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in clf.modules())
+    """Whether stacked training (vmap over functional_call) can train this architecture.
+
+    Buffers updated in training (BatchNorm running stats) cannot be written under vmap;
+    other modules may use operations vmap does not support. One training-mode forward of
+    two stacked copies on a probe batch decides; a failure means sequential training."""
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in clf.modules()):
+        return False
+    from torch.func import functional_call, stack_module_state, vmap
+
+    try:
+        copies = [copy.deepcopy(clf).cpu() for _ in range(2)]
+        params, buffers = stack_module_state(copies)  # type: ignore[arg-type]
+        base = copy.deepcopy(copies[0]).to("meta")
+        base.train()
+        before = {k: v.clone() for k, v in buffers.items()}
+        x = torch.full((2, 2, *clf.spec.shape), float(sum(clf.spec.bounds)) / 2)
+        out = vmap(lambda p, b, xb: functional_call(base, (p, b), (xb,)), randomness="different")(params, buffers, x)
+        out.sum().backward()
+        if any(not torch.equal(before[k], v) for k, v in buffers.items()):
+            return False
+    except Exception:  # any failure under vmap: train one model at a time instead
+        return False
+    return True
 
 
 def _train_group(models: list[Classifier], x: torch.Tensor, y: torch.Tensor, idxs: list[torch.Tensor],
@@ -415,7 +548,7 @@ def _train_processes(todo: Sequence[int], x: torch.Tensor, y: torch.Tensor, cfg:
                 continue
             if sd is None:
                 raise RuntimeError(f"shadow model {i} failed in a worker process: {ls}")
-            clf = build_classifier(cfg.arch, spec, num_classes, cfg.arch_args, device="cpu", name=f"shadow-{i}")
+            clf = _build(cfg, spec, num_classes, i, torch.device("cpu"))
             clf.module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
             finish(i, clf.eval(), ls)
             left -= 1
@@ -462,7 +595,7 @@ def _load_cached_model(path: Path, cfg: ShadowConfig, spec: InputSpec, k: int, i
     """Cached model i, or None (after a warning, the file removed) when it is unreadable."""
     from safetensors.torch import load_file
 
-    clf = build_classifier(cfg.arch, spec, k, cfg.arch_args, device="cpu", name=f"shadow-{i}")
+    clf = _build(cfg, spec, k, i, torch.device("cpu"))
     try:
         state = load_file(str(path))
         clf.module.load_state_dict(state, strict=True)
@@ -536,10 +669,10 @@ def choose_method(cfg: ShadowConfig, vmappable: bool, num_models: int, pool_size
       start-up is amortised);
     - otherwise 'vmap' (BatchNorm models: 'loop').
     """
-    if num_models < 2:
+    if num_models < 2 or cfg.train_fn is not None:
         return "loop"
     stacked = "vmap" if vmappable else "loop"
-    if device.type != "cpu":
+    if device.type != "cpu" or cfg.user_code:
         return stacked
     workers = min(cfg.workers or (available_cores() if cores is None else cores), num_models)
     if workers >= 2 and num_models * steps_per_model(cfg, pool_size) >= PROCESS_MIN_STEPS:
@@ -585,7 +718,7 @@ def pick_method(cfg: ShadowConfig, spec: InputSpec, num_classes: int, x: torch.T
         _sync(device)
         times["vmap"] = (time.perf_counter() - t) / (steps * group)
     workers = min(cfg.workers or available_cores(), m_total)
-    if device.type == "cpu" and workers >= 2:
+    if device.type == "cpu" and workers >= 2 and not cfg.user_code:
         with _num_threads(max(available_cores() // workers, 1)):
             t1 = time_loop()
         spm = steps_per_model(cfg, n)
@@ -670,11 +803,14 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
     method = cfg.method
     group = min(cfg.group_size, max(len(todo), 1))
     workers = min(cfg.workers or available_cores(), max(len(todo), 1))
-    vmappable = _vmappable(_build(cfg, spec, k, 0, torch.device("cpu")))
+    vmappable = cfg.train_fn is None and _vmappable(_build(cfg, spec, k, 0, torch.device("cpu")))
+    if todo and cfg.train_fn is not None and method not in ("auto", "auto-timed", "loop"):
+        raise ConfigError(f"train_fn trains one model at a time; method {method!r} cannot apply it "
+                          "(use 'auto' or 'loop')")
     if todo and method == "auto":
         method = choose_method(cfg, vmappable, len(todo), n, dev)
     elif todo and method == "auto-timed":
-        method = "loop" if len(todo) < 2 else pick_method(cfg, spec, k, xd, yd, min(group, 8), dev,
+        method = "loop" if len(todo) < 2 or cfg.train_fn is not None else pick_method(cfg, spec, k, xd, yd, min(group, 8), dev,
                                                           num_models=len(todo))[0]
     script = unguarded_main_script() if method == "process" and todo else None
     if script is not None:
@@ -711,6 +847,11 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
                 bar.advance(1)
 
             _train_processes(todo, xd, yd, cfg, spec, k, workers, arrived)
+        elif cfg.train_fn is not None:
+            for i in todo:
+                clf = _build(cfg, spec, k, i, dev)
+                finish(i, *_train_user(clf, xd, yd, model_indices(n, i, cfg.seed).to(dev), i, cfg))
+                bar.advance(1)
         else:
             for i in todo:
                 clf = _build(cfg, spec, k, i, dev)

@@ -14,8 +14,13 @@ Threat model, made explicit:
   the members and non-members); all shadow/reference models are OUT for every candidate.
   Shokri et al. (2017) assume this; offline LiRA and RMIA work under both.
 - Yeom's threshold uses the target's average training loss when the checkpoint records
-  it (the paper's assumption), else a threshold calibrated on shadow models; the gap
-  attack needs no shadow models at all.
+  it (the paper's assumption), else a threshold calibrated on shadow models, else (the
+  target's architecture unknown, no shadow models) the target's mean loss on its training
+  set (the members); the gap attack needs no shadow models at all. Neither needs the
+  target's architecture.
+- Shadow models are built like the target: its zoo architecture, the entry point it was
+  loaded from (`--model my_pkg.models:build`), or a `build_fn` (and optionally the
+  user's own `train_fn`) given in Python.
 """
 
 from __future__ import annotations
@@ -201,10 +206,29 @@ def _signals_cached(models: Sequence[Classifier], x: torch.Tensor, y: torch.Tens
     return sig
 
 
+def _architecture_known(target: Classifier, build_fn: Callable[[], Any] | None) -> bool:
+    """Whether shadow models can be built like `target` (see ShadowConfig.like)."""
+    return build_fn is not None or "arch" in target.meta or bool(target.meta.get("entry_point"))
+
+
+def _mean_loss(target: Classifier, data: Dataset, batch_size: int) -> float:
+    """The target's mean cross-entropy over a data set (its average training loss when
+    `data` is its training set)."""
+    import torch.nn.functional as F
+
+    tot = 0.0
+    for i in range(0, len(data), batch_size):
+        logits = target.logits(data.x[i:i + batch_size], batch_size).cpu()
+        tot += float(F.cross_entropy(logits, data.y[i:i + batch_size], reduction="sum"))
+    return tot / max(len(data), 1)
+
+
 def audit_membership(target: Classifier, members: Dataset, nonmembers: Dataset, cfg: MIAConfig = MIAConfig(),
                      cache_dir: str | Path | None = None, training_loss: float | None = None,
                      progress: bool | None = None,
-                     log: Callable[[str], None] | None = None) -> MembershipReport:
+                     log: Callable[[str], None] | None = None,
+                     build_fn: Callable[[], torch.nn.Module] | None = None,
+                     train_fn: Callable[..., Any] | None = None) -> MembershipReport:
     """Run the configured attacks against `target` (trained on `members`, not on
     `nonmembers`). All inputs are validated before any shadow model is trained.
 
@@ -217,11 +241,18 @@ def audit_membership(target: Classifier, members: Dataset, nonmembers: Dataset, 
             the checkpoint's training history, else calibrated on shadow models.
         progress: progress bars (None = on a terminal only).
         log: callback for one-line status messages.
+        build_fn: returns a fresh model of the target's architecture (an nn.Module taking
+            normalised inputs, like `target.module`) for shadow models; default: the
+            target's zoo architecture or entry point, or `target.shadow_build_fn` if set.
+        train_fn: `train_fn(model, x, y) -> model`, the user's own training of one shadow
+            (default: `target.shadow_train_fn` if set, else Bastion's Adam/SGD recipe).
     """
     from bastion.training.shadow import ShadowConfig, train_shadows
 
     mode = cfg.resolve()
     say = log or (lambda s: None)
+    build_fn = build_fn if build_fn is not None else getattr(target, "shadow_build_fn", None)
+    train_fn = train_fn if train_fn is not None else getattr(target, "shadow_train_fn", None)
     if tuple(members.input_shape) != target.spec.shape or tuple(nonmembers.input_shape) != target.spec.shape:
         raise ConfigError(f"data shape {members.input_shape} does not match the target's {target.spec.shape}")
     k = min(cfg.eval_size, len(members), len(nonmembers))
@@ -257,12 +288,25 @@ def audit_membership(target: Classifier, members: Dataset, nonmembers: Dataset, 
         hist = target.meta.get("history") or []
         if hist and "loss" in hist[-1]:
             training_loss = float(hist[-1]["loss"])
+    yeom_source = "target's average training loss (checkpoint history)"
     if "yeom" in cfg.attacks and training_loss is None and n_shadows == 0:
-        n_shadows = max(cfg.shadows, 2)
+        if _architecture_known(target, build_fn) and cfg.shadows > 0:
+            n_shadows = max(cfg.shadows, 2)
+        else:  # no architecture to build shadows from: the target's own loss on its training set
+            training_loss = _mean_loss(target, members, cfg.score_batch_size)
+            yeom_source = "target's mean loss on its training set (members)"
     if n_shadows and len(pool_x) < 4:
         raise ConfigError(f"the attacker's pool has only {len(pool_x)} examples; lower eval_size")
     overrides = {k2: v for k2, v in (("epochs", cfg.shadow_epochs), ("batch_size", cfg.shadow_batch_size),
                                      ("lr", cfg.shadow_lr)) if v is not None}
+    scfg = None
+    if n_shadows:  # the shadow recipe (and a target of unknown architecture) is checked before any work
+        if build_fn is not None:
+            overrides["build_fn"] = build_fn
+        if train_fn is not None:
+            overrides["train_fn"] = train_fn
+        scfg = ShadowConfig.like(target, seed=cfg.seed, method=cfg.method, **overrides)
+        scfg.validate()
     threat = {"attacker_data": mode, "candidates": {"members": k, "nonmembers": k},
               "pool_size": len(pool_x) if n_shadows else 0, "shadows": n_shadows,
               "pool_contains_candidates": mode == "pool", "augment": cfg.augment,
@@ -275,10 +319,9 @@ def audit_membership(target: Classifier, members: Dataset, nonmembers: Dataset, 
 
     shadow_cand: SignalMatrix | None = None
     shadow_pool: SignalMatrix | None = None
-    if n_shadows:
-        scfg = ShadowConfig.like(target, seed=cfg.seed, method=cfg.method, **overrides)
+    if scfg is not None:
         cache = Path(cache_dir) / mode if cache_dir is not None else None
-        say(f"shadow models: {n_shadows} x {scfg.arch} on {len(pool_x)} pool examples ({mode}); "
+        say(f"shadow models: {n_shadows} x {scfg.describe()} on {len(pool_x)} pool examples ({mode}); "
             f"{scfg.epochs} epochs each" + (f"; cache {cache}" if cache else ""))
         t0 = time.perf_counter()
         sh = train_shadows(pool_x, pool_y, n_shadows, scfg, cache_dir=cache, num_classes=target.num_classes,
@@ -315,7 +358,7 @@ def audit_membership(target: Classifier, members: Dataset, nonmembers: Dataset, 
         elif a == "yeom":
             s = loss_scores(target_sig)
             if training_loss is not None:
-                tau, src = training_loss, "target's average training loss (checkpoint history)"
+                tau, src = training_loss, yeom_source
             else:
                 tau, src = calibrate_threshold(shadow_pool, "train-loss"), "shadow models' mean IN loss"  # type: ignore[arg-type]
             threat["yeom_threshold_source"] = src
