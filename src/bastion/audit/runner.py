@@ -186,6 +186,8 @@ def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float) -> Au
         "versions": library_versions(),
         "model": {"checkpoint": None if prep.checkpoint is None else str(prep.checkpoint),
                   "name": model.name, "arch": model.meta.get("arch"), "num_classes": model.num_classes,
+                  **{k: model.meta[k] for k in ("entry_point", "entry_args", "weights", "exported_program")
+                     if model.meta.get(k) is not None},
                   "input_spec": model.spec.to_dict(),
                   "test_accuracy_recorded": model.meta.get("test_accuracy"),
                   "privacy": model.meta.get("privacy")},
