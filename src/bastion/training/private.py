@@ -37,7 +37,6 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: F401  (used in the module docstring's example)
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
