@@ -133,13 +133,13 @@ def test_noise_is_secure_by_default_and_seeded_noise_warns(digits) -> None:
         a, eng = one_step()
         b, _ = one_step()
     assert not torch.equal(a, b)                                # fresh CSPRNG seed each run
-    assert eng.privacy_record(1e-5)["noise"] == "secure"
+    assert eng.dp.cfg.noise_mode == "secure"
     with pytest.warns(UserWarning, match="NOT private"):
         c, eng = one_step(noise_seed=3)
     with pytest.warns(UserWarning, match="NOT private"):
         d, _ = one_step(noise_seed=3)
     assert torch.equal(c, d)
-    assert "NOT private" in eng.privacy_record(1e-5)["noise"]
+    assert "NOT private" in eng.dp.cfg.noise_mode
 
 
 def test_opacus_gives_the_same_clipped_per_sample_gradients(digits) -> None:
@@ -159,6 +159,33 @@ def test_opacus_gives_the_same_clipped_per_sample_gradients(digits) -> None:
         noise = torch.randn(ps.shape[1:], generator=gen) * SIGMA * CLIP
         clipped_sum = g * batch - noise                         # undo averaging and noise
         assert torch.allclose(clipped_sum, torch.einsum("b,b...->...", w, ps), atol=1e-4)
+
+
+class Scale(nn.Module):
+    """A custom layer without a ghost rule (per-example gradients by torch.func)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(0.5, 1.5, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Sequential(nn.Embedding(17, 5), nn.Flatten(), nn.Linear(5 * 6, 10)),
+    lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular"), nn.Tanh(),
+                          nn.Flatten(), Scale(3 * 64), nn.Linear(3 * 64, 10)),
+])
+def test_layers_without_a_ghost_rule_use_torch_func(digits, make) -> None:
+    x = torch.randint(0, 17, (24, 6)) if isinstance(make()[0], nn.Embedding) else digits[0][:24]
+    y = digits[1][:24]
+    torch.manual_seed(1)
+    module = make()
+    got = private_grads(copy.deepcopy(module), x, y, 500, 20)
+    want, _ = hand_grads(module, x, y, expected=20)
+    for g, h in zip(got, want):
+        assert torch.allclose(g, h, atol=1e-6, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- accounting
@@ -187,10 +214,11 @@ def test_get_epsilon_matches_the_accountant_for_the_steps_taken(digits) -> None:
             continue
         want = compute_epsilon(q, 1.1, eng.steps, 1e-5, acc)
         assert eng.get_epsilon(1e-5, acc) == pytest.approx(want, rel=1e-9)
-    summ = eng.privacy_summary(1e-5)
-    assert summ["headline"]["accountant"] in GUARANTEES
-    assert summ["accountants"]["rdp"]["kind"] == "guarantee"
-    text = " ".join(dp_statement(eng.privacy_record(1e-5)))
+    record = eng.privacy_record(1e-5)          # the labelled summary and the DP statement
+    assert record["headline"]["accountant"] in GUARANTEES
+    assert record["accountants"]["rdp"]["kind"] == "guarantee"
+    assert record["noise"] == "secure" and record["steps"] == eng.steps
+    text = " ".join(dp_statement(record))
     assert f"{eng.steps} steps" in text and "Noise: secure" in text
 
 
@@ -332,9 +360,21 @@ def test_models_without_per_example_gradients_are_refused() -> None:
     with pytest.raises(ConfigError, match="BatchNorm.*use GroupNorm instead") as e:
         PrivacyEngine().make_private(**_args(bn))
     assert "\n" not in str(e.value)
-    emb = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(4, 2))
-    with pytest.raises(ConfigError, match="no per-example gradient rule for 0 \\(Embedding\\)"):
-        PrivacyEngine().make_private(**_args(emb))
+    class Mixed(nn.Module):          # own parameter plus a parameterised sub-layer
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1)) * self.scale
+
+    with pytest.raises(ConfigError, match="owns parameters and also has parameterised sub-layers"):
+        PrivacyEngine().make_private(**_args(Mixed()))
+    rnn = nn.GRU(8, 4, batch_first=True)
+    _, opt, _ = PrivacyEngine().make_private(**_args(rnn))
+    with pytest.raises(ConfigError, match="returns tuple, not one tensor"):
+        rnn(torch.rand(2, 8, 8))
     with pytest.raises(ConfigError, match="reference formula"):
         PrivacyEngine(accountant="basic")
     other = nn.Linear(3, 3)

@@ -406,6 +406,11 @@ class GhostEngine(_Engine):
         grads = torch.autograd.grad(loss, outs, allow_unused=True)
         return self._per_example(used, list(grads), x.shape[0], x)
 
+    def _rule(self, m: nn.Module, a: torch.Tensor, g: torch.Tensor
+              ) -> tuple[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
+        """The per-example rule of layer `m` (see `_layer_grads`); subclasses may add rules."""
+        return _layer_grads(m, a, g)
+
     def _per_example(self, used: list[nn.Module], grads: list[torch.Tensor | None], b: int,
                      like: torch.Tensor) -> PerExample:
         """The PerExample of the recorded layers `used`, given the gradient of the summed
@@ -417,7 +422,7 @@ class GhostEngine(_Engine):
             a = self._records[id(m)][0]
             if g is None:
                 g = torch.zeros_like(self._records[id(m)][1])
-            norm_sq, fn = _layer_grads(m, a, g.detach())
+            norm_sq, fn = self._rule(m, a, g.detach())
             nsq[:, k] = norm_sq
             sums[k] = fn
         self._records.clear()

@@ -18,8 +18,9 @@ Gaussian noise of std sigma C is added and the sum is divided by the expected ba
 q N. Per-example gradients come from the user's own backward pass: forward hooks record
 each layer's input, tensor hooks its output gradient, and the ghost-engine rules of
 `bastion.training.dp` (Goodfellow 2015's ghost norms for dense layers; per-example products
-for convolutions) turn them into per-example norms and clipped sums. So any loss works,
-provided each example's loss depends on that example alone (no BatchNorm).
+for convolutions) turn them into per-example norms and clipped sums; other leaf layers
+(Embedding, custom layers) get theirs from torch.func. So any loss works, provided each
+example's loss depends on that example alone (no BatchNorm).
 
 The dynamic variants of `bastion.training.dp` are options: decaying clipping bound or noise
 (Wei & Liu), l2-max sensitivity, and quantile clipping (Andrew et al., NeurIPS 2021).
@@ -51,9 +52,10 @@ from bastion.training.dp import (
     GhostEngine,
     PerExample,
     StepInfo,
+    _conv_pad,
+    _owned_params,
     canonical_variant,
     find_batchnorm,
-    ghost_unsupported,
     noise_generator,
 )
 
@@ -71,14 +73,32 @@ def _positive(value: Any, name: str) -> float:
 # --------------------------------------------------------------------------- per-example gradients
 
 
+def _has_ghost_rule(m: nn.Module) -> bool:
+    """Whether the ghost engine's rules cover layer `m` (else torch.func does)."""
+    if not isinstance(m, _GHOST_TYPES):
+        return False
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if m.padding_mode != "zeros":
+            return False
+        try:
+            _conv_pad(m)
+        except ConfigError:          # padding='same' with an even kernel
+            return False
+    return True
+
+
 class LoopEngine(GhostEngine):
     """Per-example gradients of the user's own forward and backward pass.
 
     While the module is in training mode and gradients are enabled, a forward hook records
     each parameterised layer's input and output and puts a hook on the output that keeps
     its gradient when the user calls `loss.backward()`. `compute` then applies the ghost
-    engine's per-layer rules to the recorded pairs. With `loss_reduction='mean'` the output
-    gradients carry a factor 1/B, which is undone (as Opacus does)."""
+    engine's per-layer rules to the recorded pairs (Linear, Conv1d/2d with zero padding,
+    GroupNorm, LayerNorm). Any other layer that owns parameters but has no parameterised
+    sub-layers (Embedding, a custom layer, a convolution with circular padding) gets its
+    per-example gradients from torch.func: vmap over examples of the vector-Jacobian
+    product of the layer with its recorded output gradient. With `loss_reduction='mean'`
+    the output gradients carry a factor 1/B, which is undone (as Opacus does)."""
 
     def __init__(self, module: nn.Module, loss_reduction: str = "mean") -> None:
         bns = find_batchnorm(module)
@@ -88,27 +108,45 @@ class LoopEngine(GhostEngine):
                 "examples of a batch, so per-example gradients are undefined; use GroupNorm instead "
                 "(bastion.training.dp.replace_batchnorm(module) swaps it in place; do it before "
                 "creating the optimizer)")
-        bad = ghost_unsupported(module)
-        if bad:
-            raise ConfigError(f"no per-example gradient rule for {', '.join(bad)}; the private "
-                              f"training loop supports {_SUPPORTED} layers (or use train_dp with "
-                              "engine='vmap')")
-        for m in module.modules():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding_mode != "zeros":
-                raise ConfigError(f"{m} uses padding_mode={m.padding_mode!r}; the private training "
-                                  "loop needs zero padding")
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ConfigError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-        super().__init__(module)
-        self.loss_reduction = loss_reduction
-        self._active = True
+        # GhostEngine's fields, set here: its constructor refuses layers without a ghost rule
+        self.layers = [m for m in module.modules() if _owned_params(m)]
+        self._fallback: set[int] = set()
+        for name, m in module.named_modules():
+            if m not in self.layers or _has_ghost_rule(m):
+                continue
+            if any(_owned_params(c) for c in m.modules() if c is not m):
+                raise ConfigError(f"layer {name or '<root>'} ({type(m).__name__}) owns parameters and "
+                                  "also has parameterised sub-layers; the private training loop "
+                                  f"needs each parameter in a leaf layer ({_SUPPORTED} have "
+                                  "fast rules, other leaf layers use torch.func)")
+            self._fallback.add(id(m))
+        self.params, self.group_of = [], []
+        for k, m in enumerate(self.layers):
+            for p in _owned_params(m):
+                self.params.append(p)
+                self.group_of.append(k)
+        self.num_groups = len(self.layers)
+        self._records: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._versions: dict[int, int] = {}
+        self._inputs: dict[int, tuple[torch.Tensor, ...]] = {}
         self._grads: dict[int, torch.Tensor] = {}
+        self._replaying = False
+        self._active = True
+        self.loss_reduction = loss_reduction
+        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
 
     def _hook(self, m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        if not (m.training and torch.is_grad_enabled() and isinstance(out, torch.Tensor)
-                and out.requires_grad):
+        if self._replaying or not (m.training and torch.is_grad_enabled()):
             return
         key = id(m)
+        if not isinstance(out, torch.Tensor):
+            raise ConfigError(f"layer {type(m).__name__} returns {type(out).__name__}, not one "
+                              "tensor; the private training loop needs parameterised layers "
+                              "that return a tensor")
+        if not out.requires_grad:
+            return
         if key in self._records:
             if self._grads:
                 raise ConfigError(
@@ -116,6 +154,12 @@ class LoopEngine(GhostEngine):
                     "and before optimizer.step(): call optimizer.step() once per forward and "
                     "backward pass (gradient accumulation and weight sharing are not supported)")
             self.clear()   # an earlier forward pass that never reached backward: discard it
+        if key in self._fallback:
+            if not inp or not all(isinstance(t, torch.Tensor) and t.dim() > 0
+                                  and t.shape[0] == out.shape[0] for t in inp):
+                raise ConfigError(f"layer {type(m).__name__}: per-example gradients by torch.func "
+                                  "need every positional input to be a batched tensor")
+            self._inputs[key] = tuple(t.detach() for t in inp)
         self._records[key] = (inp[0].detach(), out)
         self._versions[key] = out._version
 
@@ -126,7 +170,40 @@ class LoopEngine(GhostEngine):
     def clear(self) -> None:
         self._records.clear()
         self._versions.clear()
+        self._inputs.clear()
         self._grads.clear()
+
+    def _rule(self, m: nn.Module, a: torch.Tensor, g: torch.Tensor
+              ) -> tuple[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
+        if id(m) not in self._fallback:
+            return super()._rule(m, a, g)
+        return self._vmap_rule(m, self._inputs[id(m)], g)
+
+    def _vmap_rule(self, m: nn.Module, inputs: tuple[torch.Tensor, ...], g: torch.Tensor
+                   ) -> tuple[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
+        """Per-example gradients of layer `m`'s own parameters by torch.func: for each
+        example i, the vector-Jacobian product of m at input x_i with output gradient g_i."""
+        from torch.func import functional_call, vjp, vmap
+        params = {n: p.detach() for n, p in m.named_parameters(recurse=False) if p.requires_grad}
+
+        def one(prm: dict[str, torch.Tensor], gi: torch.Tensor, *xi: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+            _, pull = vjp(lambda pr: functional_call(m, pr, tuple(t.unsqueeze(0) for t in xi)), prm)
+            return pull(gi.unsqueeze(0))[0]
+
+        b = g.shape[0]
+        self._replaying = True
+        try:
+            per_d = vmap(one, in_dims=(None, 0, *([0] * len(inputs))))(params, g, *inputs) if b else {
+                n: p.new_zeros((0, *p.shape)) for n, p in params.items()}
+        finally:
+            self._replaying = False
+        per = [per_d[n] for n in params]
+        nsq = sum(t.reshape(b, -1).pow(2).sum(1) for t in per)
+
+        def fn(w: torch.Tensor) -> list[torch.Tensor]:
+            return [torch.einsum("b,b...->...", w, t) for t in per]
+        return nsq, fn  # type: ignore[return-value]
 
     def batch_size(self) -> int:
         """The batch size of the recorded forward pass; ConfigError when there is none or
@@ -147,8 +224,7 @@ class LoopEngine(GhostEngine):
                                   "pass (e.g. ReLU(inplace=True)); use inplace=False")
         scale = float(b) if self.loss_reduction == "mean" else 1.0
         grads = [None if id(m) not in self._grads else self._grads[id(m)] * scale for m in used]
-        like = next(iter(self._records.values()))[0]
-        pe = self._per_example(used, grads, b, like)
+        pe = self._per_example(used, grads, b, self.params[0])   # float, on the model's device
         self.clear()
         return pe
 
