@@ -402,6 +402,16 @@ def test_the_loop_is_checked_at_step_time(digits) -> None:
     with pytest.raises(ConfigError, match="gradient accumulation"):
         model(x)
     opt.zero_grad()
+    first = F.cross_entropy(model(x), y)
+    second = F.cross_entropy(model(x[:4]), y[:4])    # supersedes the first pass
+    with pytest.raises(ConfigError, match="superseded"):
+        (first + second).backward()                  # a loss over two passes
+    opt.zero_grad()
+    shared = nn.Linear(64, 64)
+    twice = nn.Sequential(nn.Flatten(), shared, nn.Tanh(), shared, nn.Linear(64, 10))
+    PrivacyEngine().make_private(**_args(twice))
+    with pytest.raises(ConfigError, match="superseded"):
+        F.cross_entropy(twice(x), y).backward()      # weight sharing
     model(x)                                     # a forward without backward is discarded
     F.cross_entropy(model(x), y).backward()
     opt.step()

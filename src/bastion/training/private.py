@@ -133,6 +133,7 @@ class LoopEngine(GhostEngine):
         self._inputs: dict[int, tuple[torch.Tensor, ...]] = {}
         self._grads: dict[int, torch.Tensor] = {}
         self._replaying = False
+        self._generation = 0           # bumped by clear(): output-gradient hooks of older passes
         self._active = True
         self.loss_reduction = loss_reduction
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
@@ -163,11 +164,20 @@ class LoopEngine(GhostEngine):
         self._records[key] = (inp[0].detach(), out)
         self._versions[key] = out._version
 
+        generation = self._generation
+
         def keep(g: torch.Tensor) -> None:
+            if generation != self._generation:
+                raise ConfigError(
+                    "loss.backward() reached a forward pass of the private model that a later "
+                    "forward pass, optimizer.zero_grad() or optimizer.step() had already "
+                    "superseded: do one forward pass, then backward, then step (a layer applied "
+                    "twice, or a loss over several forward passes, is not supported)")
             self._grads[key] = g.detach()
         out.register_hook(keep)
 
     def clear(self) -> None:
+        self._generation += 1
         self._records.clear()
         self._versions.clear()
         self._inputs.clear()
