@@ -296,6 +296,28 @@ def test_empty_poisson_batches_flow_through_the_loop() -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_fixed_size_batches_keep_the_loader_and_warn(digits) -> None:
+    x, y = digits
+    m = mlp()
+    loader = DataLoader(TensorDataset(x, y), batch_size=200, shuffle=True)
+    eng = PrivacyEngine()
+    with pytest.warns(UserWarning, match="not Poisson-sampled"):
+        model, opt, same = eng.make_private(module=m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1),
+                                            data_loader=loader, noise_multiplier=1.0,
+                                            max_grad_norm=1.0, poisson_sampling=False)
+    assert same is loader
+    for xb, yb in same:
+        opt.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    assert eng.steps == len(loader)
+    assert eng.get_epsilon(1e-5) == pytest.approx(compute_epsilon(200 / len(x), 1.0, eng.steps, 1e-5))
+    eng.detach()                                   # hooks gone: plain training again
+    F.cross_entropy(model(x[:8]), y[:8]).backward()
+    with pytest.raises(ConfigError, match="needs a forward pass"):
+        opt.step()
+
+
 def test_lr_scheduler_and_state_dict_work_on_the_private_optimizer(digits) -> None:
     m = mlp()
     eng = PrivacyEngine()
