@@ -23,7 +23,8 @@ for convolutions) turn them into per-example norms and clipped sums; other leaf 
 example's loss depends on that example alone (no BatchNorm).
 
 The dynamic variants of `bastion.training.dp` are options: decaying clipping bound or noise
-(Wei & Liu), l2-max sensitivity, and quantile clipping (Andrew et al., NeurIPS 2021).
+(Wei & Liu), l2-max sensitivity, quantile clipping (Andrew et al., NeurIPS 2021) and
+AdaClip (Pichapati et al. 2019).
 
 Noise and sampling come from generators seeded with 64 bits from the operating system's
 CSPRNG by default; `noise_seed=` makes a run reproducible for research and NOT private.
@@ -98,9 +99,12 @@ class LoopEngine(GhostEngine):
     sub-layers (Embedding, a custom layer, a convolution with circular padding) gets its
     per-example gradients from torch.func: vmap over examples of the vector-Jacobian
     product of the layer with its recorded output gradient. With `loss_reduction='mean'`
-    the output gradients carry a factor 1/B, which is undone (as Opacus does)."""
+    the output gradients carry a factor 1/B, which is undone (as Opacus does).
+    `materialise=True` sends every layer through torch.func and keeps the per-example
+    gradients (`PerExample.per_sample`), which AdaClip needs."""
 
-    def __init__(self, module: nn.Module, loss_reduction: str = "mean") -> None:
+    def __init__(self, module: nn.Module, loss_reduction: str = "mean",
+                 materialise: bool = False) -> None:
         bns = find_batchnorm(module)
         if bns:
             raise ConfigError(
@@ -114,7 +118,7 @@ class LoopEngine(GhostEngine):
         self.layers = [m for m in module.modules() if _owned_params(m)]
         self._fallback: set[int] = set()
         for name, m in module.named_modules():
-            if m not in self.layers or _has_ghost_rule(m):
+            if m not in self.layers or (_has_ghost_rule(m) and not materialise):
                 continue
             if any(_owned_params(c) for c in m.modules() if c is not m):
                 raise ConfigError(f"layer {name or '<root>'} ({type(m).__name__}) owns parameters and "
@@ -132,6 +136,8 @@ class LoopEngine(GhostEngine):
         self._versions: dict[int, int] = {}
         self._inputs: dict[int, tuple[torch.Tensor, ...]] = {}
         self._grads: dict[int, torch.Tensor] = {}
+        self._per: dict[int, list[torch.Tensor]] = {}
+        self.materialise = materialise
         self._replaying = False
         self._generation = 0           # bumped by clear(): output-gradient hooks of older passes
         self._active = True
@@ -209,6 +215,7 @@ class LoopEngine(GhostEngine):
         finally:
             self._replaying = False
         per = [per_d[n] for n in params]
+        self._per[id(m)] = per
         nsq = sum(t.reshape(b, -1).pow(2).sum(1) for t in per)
 
         def fn(w: torch.Tensor) -> list[torch.Tensor]:
@@ -234,7 +241,12 @@ class LoopEngine(GhostEngine):
                                   "pass (e.g. ReLU(inplace=True)); use inplace=False")
         scale = float(b) if self.loss_reduction == "mean" else 1.0
         grads = [None if id(m) not in self._grads else self._grads[id(m)] * scale for m in used]
+        self._per.clear()
         pe = self._per_example(used, grads, b, self.params[0])   # float, on the model's device
+        if self.materialise:
+            per = [t for m in self.layers for t in self._per.get(id(m)) or
+                   [p.new_zeros((b, *p.shape)) for p in _owned_params(m)]]
+            pe.per_sample = lambda: per
         self.clear()
         return pe
 
@@ -404,6 +416,8 @@ class PrivacyEngine:
                      clip_final: float | None = None, sigma_final: float | None = None,
                      half_period: int | None = None, target_quantile: float = 0.5,
                      clip_lr: float = 0.2, count_noise: float | None = None,
+                     adaclip_betas: tuple[float, float] = (0.99, 0.9),
+                     adaclip_bounds: tuple[float, float] = (1e-10, 1e2),
                      ) -> tuple[nn.Module, DPOptimizer, DataLoader]:
         """Return (module, optimizer, data_loader) ready for a private training loop.
 
@@ -420,13 +434,15 @@ class PrivacyEngine:
                 torch's losses) or 'sum'.
             noise_seed: None (default): noise and sampling from the OS's CSPRNG. An integer
                 seeds them: reproducible, but NOT private (warns).
-            variant: 'baseline', 'cdecay', 'dyn-sigma', 'l2-max', 'dyn-s', 'dyn-s-sigma' or
-                'quantile' (see `bastion.training.dp`); the decaying ones need `epochs`.
+            variant: 'baseline', 'cdecay', 'dyn-sigma', 'l2-max', 'dyn-s', 'dyn-s-sigma',
+                'quantile' or 'adaclip' (see `bastion.training.dp`); the decaying ones need
+                `epochs`; adaclip materialises per-example gradients (slower).
             per_layer: clip each of the M layers to C / sqrt(M) instead of the whole gradient.
             epochs: planned length (the decay schedules run over it).
             decay, sigma_decay, clip_final, sigma_final, half_period: the decay schedules
                 (`DPConfig`'s meaning and defaults).
             target_quantile, clip_lr, count_noise: quantile clipping (Andrew et al. 2021).
+            adaclip_betas, adaclip_bounds: AdaClip (Pichapati et al. 2019).
         """
         if self.dp is not None:
             raise ConfigError("this PrivacyEngine already trains a model; create one "
@@ -440,9 +456,6 @@ class PrivacyEngine:
                               "parameters (not already private)")
         n, batch = self._loader_facts(data_loader)
         name = canonical_variant(variant)
-        if name == "adaclip":
-            raise ConfigError("adaclip needs materialised per-example gradients, which the private "
-                              "training loop does not keep; use train_dp(variant='adaclip')")
         decays = _DYNAMICS[name][0] or _DYNAMICS[name][2]
         if decays and epochs is None:
             raise ConfigError(f"variant {name} decays its parameters over the planned run: pass "
@@ -457,9 +470,10 @@ class PrivacyEngine:
                        per_layer=per_layer, batch_size=batch, steps=planned,
                        accountant=self.accountant, poisson=poisson_sampling,
                        target_quantile=target_quantile, clip_lr=clip_lr, count_noise=count_noise,
+                       adaclip_betas=tuple(adaclip_betas), adaclip_bounds=tuple(adaclip_bounds),  # type: ignore[arg-type]
                        noise_seed=noise_seed, progress=False)
         cfg.validate(n)
-        engine = LoopEngine(module, loss_reduction)
+        engine = LoopEngine(module, loss_reduction, materialise=name == "adaclip")
         try:
             self._check_optimizer(optimizer, engine)
             handle = _handle(module)
