@@ -416,6 +416,10 @@ def test_models_without_per_example_gradients_are_refused() -> None:
 
     with pytest.raises(ConfigError, match="owns parameters and also has parameterised sub-layers"):
         PrivacyEngine().make_private(**_args(Mixed()))
+    tied = nn.Sequential(nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 10))
+    tied[2].weight = tied[0].weight
+    with pytest.raises(ConfigError, match="tied weights"):
+        PrivacyEngine().make_private(**_args(tied))
     rnn = nn.GRU(8, 4, batch_first=True)
     _, opt, _ = PrivacyEngine().make_private(**_args(rnn))
     with pytest.raises(ConfigError, match="returns tuple, not one tensor"):
@@ -467,3 +471,23 @@ def test_the_loop_is_checked_at_step_time(digits) -> None:
         opt.step()
     with pytest.raises(ConfigError, match="already trains a model"):
         eng.make_private(**_args())
+
+
+def test_dpsgd_sends_tied_weights_to_the_vmap_engine() -> None:
+    """The ghost rules would clip each layer's part of a tied parameter's gradient apart and
+    keep one part; 'auto' therefore picks vmap, and 'ghost' refuses."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 10))
+    m[2].weight = m[0].weight
+    clf = Classifier(m, InputSpec((10,)), 10, device="cpu")
+    x, y = torch.rand(8, 10), torch.randint(0, 10, (8,))
+    grads = {}
+    for engine in ("auto", "vmap"):
+        dp = seeded(DPSGD, clf, DPConfig(sigma=1.0, clip=1.0, batch_size=8, noise_seed=1,
+                                         engine=engine), 100)
+        assert len(dp.params) == 3
+        grads[engine], _ = dp.privatize(x, y)
+    for a, b in zip(grads["auto"], grads["vmap"]):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="tied to another layer"):
+        seeded(DPSGD, clf, DPConfig(batch_size=8, engine="ghost"), 100)

@@ -345,9 +345,18 @@ def _owned_params(m: nn.Module) -> list[nn.Parameter]:
 
 
 def ghost_unsupported(module: nn.Module) -> list[str]:
-    """Names of parameterised layers the ghost engine cannot handle."""
-    return [f"{name or '<root>'} ({type(m).__name__})" for name, m in module.named_modules()
-            if _owned_params(m) and not isinstance(m, _GHOST_TYPES)]
+    """Names of parameterised layers the ghost engine cannot handle, and of parameters
+    shared by two layers (tied weights: the ghost rules would clip each layer's part of
+    their gradient separately and keep only one part)."""
+    bad = [f"{name or '<root>'} ({type(m).__name__})" for name, m in module.named_modules()
+           if _owned_params(m) and not isinstance(m, _GHOST_TYPES)]
+    seen: set[int] = set()
+    for name, m in module.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            if p.requires_grad and id(p) in seen:
+                bad.append(f"{name}.{pname} (a parameter tied to another layer's)")
+            seen.add(id(p))
+    return bad
 
 
 class GhostEngine(_Engine):

@@ -131,6 +131,9 @@ class LoopEngine(GhostEngine):
             for p in _owned_params(m):
                 self.params.append(p)
                 self.group_of.append(k)
+        if len({id(p) for p in self.params}) != len(self.params):
+            raise ConfigError("a parameter is shared by two layers (tied weights); the private "
+                              "training loop needs each parameter in one layer")
         self.num_groups = len(self.layers)
         self._records: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._versions: dict[int, int] = {}
