@@ -9,7 +9,7 @@ predictions, success and the result object, so every attack behaves the same way
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
@@ -42,6 +42,30 @@ def run_in_batches(n: int, batch_size: int,
         outs.append(a)
         qs.append(q)
     return RunOutput(torch.cat(outs), torch.cat(qs))
+
+
+def join_batches(batches: Iterable[Any], shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (x, y) batches of an iterable (e.g. a torch DataLoader) joined into one (x, y),
+    each batch checked against the model's per-example `shape` first."""
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, Iterable):
+        raise InputError(f"x must be a tensor or an iterable of (x, y) batches, got "
+                         f"{type(batches).__name__}")
+    want = f"[B, {', '.join(map(str, shape))}]"
+    xs, ys = [], []
+    for i, batch in enumerate(batches):
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2
+                and all(isinstance(t, torch.Tensor) for t in batch)):
+            raise InputError(f"data loader batch {i}: expected a pair (x, y) of tensors, got "
+                             f"{type(batch).__name__}")
+        bx, by = batch
+        if tuple(bx.shape[1:]) != tuple(shape) or by.dim() != 1 or by.shape[0] != bx.shape[0]:
+            raise InputError(f"data loader batch {i}: expected x of shape {want} and y of shape [B], "
+                             f"got x {list(bx.shape)} and y {list(by.shape)}")
+        xs.append(bx.detach())
+        ys.append(by)
+    if not xs:
+        raise InputError("the data loader yielded no batches")
+    return torch.cat(xs), torch.cat(ys)
 
 
 def check_probabilities(model: Classifier, x: torch.Tensor) -> None:
@@ -134,12 +158,23 @@ class Attack:
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
-    def __call__(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
+    def __call__(self, model: Classifier, x: torch.Tensor | Iterable[Any],
+                 y: torch.Tensor | None = None,
                  target: torch.Tensor | None = None) -> AttackResult:
+        """Attack the batch (x, y), or every (x, y) batch of an iterable such as a torch
+        DataLoader (`attack(model, loader)`): its batches are joined into one input, so the
+        result is the one the tensor call on the same data gives."""
         self.validate()
         if not isinstance(model, Classifier):
             raise InputError("attacks take a bastion Classifier; wrap your module with "
                              "bastion.Classifier(module, InputSpec(...), num_classes)")
+        if not isinstance(x, torch.Tensor):
+            if y is not None or target is not None:
+                raise InputError("with a data loader, pass attack(model, loader): the labels come "
+                                 "from its (x, y) batches")
+            x, y = join_batches(x, model.spec.shape)
+        elif y is None:
+            raise InputError("labels y are required: attack(model, x, y) or attack(model, loader)")
         model.check(x, y)
         if target is not None:
             if not self.supports_targeted:

@@ -345,9 +345,18 @@ def _owned_params(m: nn.Module) -> list[nn.Parameter]:
 
 
 def ghost_unsupported(module: nn.Module) -> list[str]:
-    """Names of parameterised layers the ghost engine cannot handle."""
-    return [f"{name or '<root>'} ({type(m).__name__})" for name, m in module.named_modules()
-            if _owned_params(m) and not isinstance(m, _GHOST_TYPES)]
+    """Names of parameterised layers the ghost engine cannot handle, and of parameters
+    shared by two layers (tied weights: the ghost rules would clip each layer's part of
+    their gradient separately and keep only one part)."""
+    bad = [f"{name or '<root>'} ({type(m).__name__})" for name, m in module.named_modules()
+           if _owned_params(m) and not isinstance(m, _GHOST_TYPES)]
+    seen: set[int] = set()
+    for name, m in module.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            if p.requires_grad and id(p) in seen:
+                bad.append(f"{name}.{pname} (a parameter tied to another layer's)")
+            seen.add(id(p))
+    return bad
 
 
 class GhostEngine(_Engine):
@@ -404,15 +413,25 @@ class GhostEngine(_Engine):
                 raise ConfigError(f"the output of {m} is modified in place later in the forward pass "
                                   "(e.g. ReLU(inplace=True)); use inplace=False or engine='vmap'")
         grads = torch.autograd.grad(loss, outs, allow_unused=True)
-        b = x.shape[0]
-        nsq = x.new_zeros(b, self.num_groups)
+        return self._per_example(used, list(grads), x.shape[0], x)
+
+    def _rule(self, m: nn.Module, a: torch.Tensor, g: torch.Tensor
+              ) -> tuple[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
+        """The per-example rule of layer `m` (see `_layer_grads`); subclasses may add rules."""
+        return _layer_grads(m, a, g)
+
+    def _per_example(self, used: list[nn.Module], grads: list[torch.Tensor | None], b: int,
+                     like: torch.Tensor) -> PerExample:
+        """The PerExample of the recorded layers `used`, given the gradient of the summed
+        loss with respect to each one's output (None: the output did not reach the loss)."""
+        nsq = like.new_zeros(b, self.num_groups)
         sums: dict[int, Callable[[torch.Tensor], list[torch.Tensor]]] = {}
         for m, g in zip(used, grads):
             k = self.layers.index(m)
             a = self._records[id(m)][0]
             if g is None:
                 g = torch.zeros_like(self._records[id(m)][1])
-            norm_sq, fn = _layer_grads(m, a, g.detach())
+            norm_sq, fn = self._rule(m, a, g.detach())
             nsq[:, k] = norm_sq
             sums[k] = fn
         self._records.clear()
@@ -713,17 +732,21 @@ class DPSGD:
         cfg: DPConfig.
         n: training-set size (sets q = batch_size / n).
         steps: planned number of steps T for the decay schedules (None = cfg's).
+        engine: the per-example gradient engine (None = `make_engine(clf, cfg.engine)`).
     """
 
-    def __init__(self, clf: Classifier, cfg: DPConfig, n: int, steps: int | None = None) -> None:
+    def __init__(self, clf: Classifier, cfg: DPConfig, n: int, steps: int | None = None,
+                 engine: _Engine | None = None) -> None:
         cfg.validate(n)
         check_dp_model(clf, fix=cfg.fix_batchnorm)
         self.clf, self.cfg, self.n = clf, cfg, n
         self.variant = cfg.canonical_variant
         self.q = cfg.sample_rate(n)
         self.T = steps or cfg.planned_steps(n)
-        engine = "vmap" if self.variant == "adaclip" and cfg.engine in ("auto", "ghost") else cfg.engine
-        self.engine = make_engine(clf, engine)
+        if engine is None:
+            name = "vmap" if self.variant == "adaclip" and cfg.engine in ("auto", "ghost") else cfg.engine
+            engine = make_engine(clf, name)
+        self.engine = engine
         self.params = self.engine.params
         decay_c, self.l2max, decay_s = _DYNAMICS[self.variant]
         c_end = cfg.clip_final if cfg.clip_final is not None else min(2.0, cfg.clip / 2)
@@ -878,13 +901,21 @@ class DPSGD:
         """One DP-SGD step on the already-sampled batch (x, y); charges the ledger."""
         self.clf.train()
         grads, info = self.privatize(x, y)
+        self.apply(grads, info)
+        return info
+
+    def apply(self, grads: list[torch.Tensor], info: StepInfo,
+              optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Release the sanitised gradients of `privatize`: set them as the parameters'
+        gradients, take a step of `optimizer` (None = this DPSGD's own) and charge the
+        ledger for the step."""
+        opt = self.opt if optimizer is None else optimizer
         for p, g in zip(self.params, grads):
             p.grad = g
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         self.ledger.step(self.q, info.sigma)
         self.t += 1
-        return info
 
     def epsilon_if_step(self, accountant: str | None = None) -> float:
         """The epsilon the ledger would show after one more step (budget check)."""
