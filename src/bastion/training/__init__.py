@@ -23,3 +23,7 @@ from bastion.training.distillation import (  # noqa: E402
 
 __all__ += ["TRADES", "AdvTrainResult", "DistillationConfig", "DistillationResult", "FastTraining",
             "PGDTraining", "adversarial_fit", "defensive_distillation"]
+
+from bastion.training.private import PrivacyEngine  # noqa: E402
+
+__all__ += ["PrivacyEngine"]
