@@ -9,6 +9,7 @@ browser (Debian's `chromium`) and the standard library.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -127,20 +128,16 @@ class _Pipe:
         return json.loads(raw)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, TimeoutError, OSError):
             self.send("Browser.close", timeout=5)
-        except (RuntimeError, TimeoutError, OSError):
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         for fd in (self._r, self._w):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def _error_text(e: dict[str, Any]) -> str | None:
