@@ -225,13 +225,15 @@ def extract_figures(run: Run) -> list[RunFigure]:
     """Every comparable figure of a run: its scorecard rows, then section figures."""
     res = run.results
     figs: list[RunFigure] = []
+    from bastion.audit.report import is_rate
+
     for row in res.get("scorecard") or []:
         v = _num(row.get("value"))
         ci = row.get("ci")
+        unit = str(row.get("unit") or "") or ("" if is_rate(row) else "score")
         figs.append(RunFigure(threat=str(row.get("threat", "")), metric=str(row.get("metric", "")), value=v,
                               kind="value", ci=(float(ci[0]), float(ci[1])) if ci and None not in ci else None,
-                              higher_is_better=bool(row.get("higher_is_better", True)),
-                              unit=str(row.get("unit") or "")))
+                              higher_is_better=bool(row.get("higher_is_better", True)), unit=unit))
     outcomes = _evasion_outcomes(run.path)
     for name, sec in (res.get("sections") or {}).items():
         kind, summ = sec.get("kind"), sec.get("summary") or {}

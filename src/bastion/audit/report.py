@@ -229,8 +229,8 @@ def fmt_number(v: Any, rate: bool = False) -> str:
         if rate and 0.0 <= f <= 1.0:
             pct = 100 * f
             return f"{pct:.2f}%" if 0 < pct < 1 else f"{pct:.1f}%"
-        if isinstance(v, int):
-            return f"{v:,}"
+        if isinstance(v, int) or (f.is_integer() and 1000 <= abs(f) < 1e9):
+            return f"{int(f):,}"
         return f"{f:.3g}" if abs(f) < 1e5 else f"{f:.3e}"
     if isinstance(v, (list, tuple)):
         return esc(", ".join(str(x) for x in v))
@@ -284,12 +284,22 @@ def overall_verdict(rows: Sequence[Mapping[str, Any]]) -> str:
     return "not measured"
 
 
+# Scorecard metrics in [0, 1] that are scores, not rates: shown as plain numbers.
+SCORE_WORDS = ("ssim", "auc", "psnr", "advantage", "confidence")
+
+
+def is_rate(row: Mapping[str, Any]) -> bool:
+    """Whether a scorecard row's value is a rate (shown as a percentage)."""
+    metric = str(row.get("metric", "")).lower()
+    return not (row.get("unit") or "") and not any(w in metric for w in SCORE_WORDS)
+
+
 def format_value(row: Mapping[str, Any]) -> str:
     """A scorecard value with its unit and 95% CI."""
     v, unit = row.get("value"), row.get("unit") or ""
     if v is None:
         return "&ndash;"
-    rate = unit == ""
+    rate = is_rate(row)
     text = fmt_number(v, rate=rate) + (f" {esc(unit)}" if unit and unit != "eps" else "")
     if unit == "eps":
         text = f"&epsilon; = {fmt_number(v)}"
@@ -306,7 +316,7 @@ def format_threshold(row: Mapping[str, Any]) -> str:
         return "&ndash;"
     rel = "&ge;" if row.get("higher_is_better", True) else "&le;"
     unit = row.get("unit") or ""
-    return f"{rel} {fmt_number(t, rate=unit == '')}" + (f" {esc(unit)}" if unit and unit != "eps" else "")
+    return f"{rel} {fmt_number(t, rate=is_rate(row))}" + (f" {esc(unit)}" if unit and unit != "eps" else "")
 
 
 # ----------------------------------------------------------------------------- blocks
