@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from browser_probe import find_chromium, load_page
-from report_fixtures import synthetic_audit
 
 from bastion.audit import parse_config, run_audit
 from bastion.audit.compare import compare_runs, render_html
 from bastion.audit.report import render
+from browser_probe import find_chromium, load_page
+from report_fixtures import synthetic_audit
 
 WIDTH, HEIGHT = 1280, 800
 CHROMIUM = find_chromium()

@@ -10,10 +10,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from report_fixtures import synthetic_audit
 
 from bastion.audit import parse_config, run_audit
 from bastion.audit.report import column_label, overall_verdict, render, scorecard_rows
+from report_fixtures import synthetic_audit
 
 
 class _Page(HTMLParser):

@@ -131,4 +131,4 @@ def robustness_figure(curves: Mapping[str, Sequence[tuple[float, float]]], n: in
     return fig
 
 
-__all__ = ["roc_figure", "robustness_figure", "tpr_at", "wilson_band"]
+__all__ = ["robustness_figure", "roc_figure", "tpr_at", "wilson_band"]
