@@ -140,6 +140,15 @@ def test_empty_columns_are_left_out_and_named() -> None:
     assert "mean confidence</th>" not in html and "Not measured here: mean confidence." in html
 
 
+def test_scalar_and_odd_config_values_render() -> None:
+    results, sections = synthetic_audit()
+    ev = results["config"]["sections"][0]
+    ev["attacks"] = [{"attack": "pgd", "eps": 0.3, "targeted": "next", "params": {"steps": 5}}, "fgsm"]
+    results["config"]["sections"][1]["attacks"] = "lira"
+    html = render(results, sections)
+    assert "budgets 0.3; targeted (next); steps=5" in html and "attacks lira" in html
+
+
 def test_untrusted_text_is_escaped() -> None:
     results, sections = synthetic_audit()
     sections[0].name = "<script>alert(1)</script>"

@@ -438,25 +438,40 @@ def _kv(items: Iterable[tuple[str, Any]]) -> str:
     return f"<dl class='kv'>{body}</dl>"
 
 
+def _items(v: Any) -> list[Any]:
+    """A config value as a list (configs accept a scalar for a one-element list)."""
+    if v is None:
+        return []
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _num_text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
 def _attack_params(sec_cfg: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, parameters as run) for one configured section."""
     kind = sec_cfg.get("kind")
     skip = {"kind", "name", "attacks"}
     out = []
     if kind == "evasion":
-        for a in sec_cfg.get("attacks") or []:
+        for a in _items(sec_cfg.get("attacks")):
+            if not isinstance(a, Mapping):
+                out.append((str(a), "defaults"))
+                continue
             bits = []
-            if a.get("eps"):
-                bits.append("budgets " + ", ".join(f"{e:g}" for e in a["eps"]))
+            if a.get("eps") is not None:
+                bits.append("budgets " + ", ".join(_num_text(e) for e in _items(a["eps"])))
             if a.get("targeted"):
                 bits.append(f"targeted ({a['targeted']})")
-            for k, v in (a.get("params") or {}).items():
+            params = a.get("params")
+            for k, v in (params.items() if isinstance(params, Mapping) else []):
                 bits.append(f"{k}={v}")
             out.append((a.get("label") or a.get("attack", "?"), "; ".join(bits) or "defaults"))
         return out
     bits = []
     if sec_cfg.get("attacks"):
-        bits.append("attacks " + ", ".join(str(a) for a in sec_cfg["attacks"]))
+        bits.append("attacks " + ", ".join(str(a) for a in _items(sec_cfg["attacks"])))
     for k, v in sec_cfg.items():
         if k in skip or v is None:
             continue
@@ -519,15 +534,15 @@ def used_references(results: Mapping[str, Any], sections: Sequence[SectionOutput
     for s in (results.get("config") or {}).get("sections") or []:
         kind = s.get("kind")
         if kind == "evasion":
-            for a in s.get("attacks") or []:
-                name = str(a.get("attack", ""))
+            for a in _items(s.get("attacks")):
+                name = str(a.get("attack", "")) if isinstance(a, Mapping) else str(a)
                 add(name)
                 add(name.split("-")[0])
                 if name == "autoattack":
                     add("apgd")
                     add("square")
         elif kind == "membership":
-            for a in s.get("attacks") or ["lira", "lira-offline", "rmia", "yeom", "gap"]:
+            for a in _items(s.get("attacks")) or ["lira", "lira-offline", "rmia", "yeom", "gap"]:
                 add(str(a).split("-")[0])
         elif kind == "leakage":
             add(str(s.get("attack", "cpl")))
