@@ -81,6 +81,7 @@ def test_sections_are_described_for_a_reader() -> None:
     assert "<b>Note.</b> C&amp;W ran with 100 iterations" in html
     assert "Linf budgets on inputs in [0, 1]" in html                   # table caption
     assert "min-norm" in html and "55.0%" in html
+    assert html.count("<td>0.1 Linf</td>") == 2                        # each budget names its norm
     assert "Adversarial training with PGD" in html and "What this means, what to try." in html
     assert "trained without differential privacy" in html
 

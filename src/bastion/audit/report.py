@@ -338,9 +338,28 @@ def scorecard_html(rows: Sequence[Mapping[str, Any]]) -> str:
     return f"<div class='tw'><table class='score' id='scorecard'>{head}{''.join(body)}</table></div>"
 
 
-def table_html(t: ReportTable | Mapping[str, Any], kind: str = "") -> str:
+NORM_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1", "l0": "L0"}
+
+
+def evasion_norms(sec_cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Attack label -> the norm its budgets are in, for one evasion section's config."""
+    from bastion.audit.evasion_section import AttackSpec, _build, _label, _norm_of
+    from bastion.core import BastionError
+
+    out = {}
+    for a in _items(sec_cfg.get("attacks")):
+        try:
+            spec = AttackSpec.model_validate(a)
+            out[_label(spec)] = NORM_NAMES.get(_norm_of(_build(spec, None)), "")
+        except (BastionError, ValueError, TypeError):
+            continue
+    return out
+
+
+def table_html(t: ReportTable | Mapping[str, Any], kind: str = "", norms: Mapping[str, str] | None = None) -> str:
     """A section table: human headings (units on hover), rates as percentages, empty
-    columns left out, caption under it."""
+    columns left out, caption under it. `norms` (attack label -> norm) adds the norm to
+    each evasion budget."""
     if isinstance(t, Mapping):
         title, columns, rows, caption = t["title"], list(t["columns"]), list(t["rows"]), t.get("caption", "")
     else:
@@ -362,6 +381,8 @@ def table_html(t: ReportTable | Mapping[str, Any], kind: str = "") -> str:
             v = r[i] if i < len(r) else None
             if c == "eps" and v is None and kind == "evasion":
                 text = "min-norm"
+            elif c == "eps" and kind == "evasion" and norms and r and norms.get(str(r[0])):
+                text = f"{fmt_number(v)} {esc(norms[str(r[0])])}"
             else:
                 text = fmt_number(v, rate=c in RATE_COLUMNS)
             cells.append(f"<td class='l'>{text}</td>" if c in LEFT_COLUMNS else f"<td>{text}</td>")
@@ -393,7 +414,8 @@ def _summary_notes(sec: SectionOutput) -> list[str]:
     return notes
 
 
-def section_html(sec: SectionOutput) -> str:
+def section_html(sec: SectionOutput, sec_cfg: Mapping[str, Any] | None = None) -> str:
+    norms = evasion_norms(sec_cfg) if sec.kind == "evasion" and sec_cfg else None
     parts = [f"<h2 id='{section_anchor(sec)}'>{esc(section_title(sec))}</h2>"]
     threat = sec.threat_model or DEFAULT_THREAT.get(sec.kind, "")
     if threat:
@@ -404,7 +426,7 @@ def section_html(sec: SectionOutput) -> str:
     for note in _summary_notes(sec):
         parts.append(f"<div class='note'><b>Note.</b> {esc(note)}</div>")
     for t in sec.tables:
-        parts.append(table_html(t, sec.kind))
+        parts.append(table_html(t, sec.kind, norms))
     if sec.figures:
         figs = []
         for f in sec.figures:
@@ -603,7 +625,9 @@ def render(results: dict[str, Any], sections: list[SectionOutput]) -> str:
     nav = ["<nav>" + "".join(f"<a href='#{section_anchor(s)}'>{esc(section_title(s))}</a>" for s in sections)
            + "<a href='#run'>how this run was made</a><a href='#glossary'>glossary</a>"
              "<a href='#references'>references</a></nav>"]
-    body = [*head, *nav, *(section_html(s) for s in sections), run_details_html(results), glossary_html(),
+    cfgs = {c.get("name"): c for c in (results.get("config") or {}).get("sections") or [] if isinstance(c, Mapping)}
+    body = [*head, *nav, *(section_html(s, cfgs.get(s.name)) for s in sections), run_details_html(results),
+            glossary_html(),
             references_html(used_references(results, sections)),
             "<p class='meta'>All figures, per-example outcomes and the configuration: "
             "<code>results.json</code> and <code>steps/</code> next to this file. Compare two runs "
