@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bastion.audit import parse_config, run_audit
 from bastion.audit.compare import (
@@ -126,6 +128,21 @@ def test_cli_json_html_and_errors(runs, tmp_path: Path, capsys) -> None:
         assert run(["compare", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and msg in err and len(err.splitlines()) == 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a=st.one_of(st.sampled_from(["A", "W"]), st.text(max_size=40)),
+       b=st.one_of(st.sampled_from(["A", "W"]), st.text(max_size=40)),
+       out=st.one_of(st.none(), st.sampled_from(["c.html", "c.txt", ""]), st.text(max_size=30)))
+def test_any_arguments_give_a_result_or_one_line_error(runs, tmp_path, capsys, a, b, out) -> None:
+    choices = {"A": str(runs["a"]), "W": str(runs["weak"])}
+    outs = [] if out is None else ["--out", str(tmp_path / out.lstrip("/").replace("..", "_")) if out and "\x00" not in out else out]
+    argv = ["compare", choices.get(a, a), choices.get(b, b), *outs]
+    rc = run(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc in (0, 2)
+    if rc == 2:
+        assert err.startswith("error:") and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 def _write_run(folder: Path, scorecard: list[dict], dp_eps: float | None) -> Path:

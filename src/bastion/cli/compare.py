@@ -13,8 +13,8 @@ from bastion.cli.common import JSON_OPTION, check_input_path, check_out_file, co
 
 @app.command("compare")
 def compare_cmd(
-    run_a: Path = typer.Argument(..., help="Run folder A (the baseline), e.g. runs/before."),
-    run_b: Path = typer.Argument(..., help="Run folder B, e.g. runs/after; differences are B - A."),
+    run_a: Path = typer.Argument(..., metavar="RUN_A", help="Run folder A (the baseline), e.g. runs/before."),
+    run_b: Path = typer.Argument(..., metavar="RUN_B", help="Run folder B, e.g. runs/after; differences are B - A."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write a self-contained HTML page (.html)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
