@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "bastion.cli.info",
     "bastion.cli.train",
     "bastion.cli.audit",
+    "bastion.cli.compare",
     "bastion.cli.attack",
     "bastion.cli.leak",
     "bastion.cli.mia",
