@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bastion.attacks import registry
 from bastion.attacks.base import MINIMUM_NORM, Attack
+from bastion.audit import plots
 from bastion.audit.scorecard import FAIL, PASS, WARN, at_least, not_measured, thresholds_of
 from bastion.audit.sections import (
     AuditContext,
@@ -241,6 +242,7 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
     name = spec.name or "evasion"
     out = SectionOutput(name=name, kind="evasion")
     curves: dict[str, list[tuple[float, float]]] = {}
+    curve_norms: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     grids: list[tuple[str, dict[str, torch.Tensor]]] = []
     # (norm, eps) -> [(label, black_box, single_step, per-example robust)]
@@ -259,6 +261,7 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
             if "batch_size" in {f.name for f in dataclasses.fields(attack)} and "batch_size" not in a.params:
                 attack = dataclasses.replace(attack, batch_size=ctx.batch_size)
             norm = _norm_of(attack)
+            curve_norms[label] = norm
             key = f"evasion/{label}/eps={eps}/{a.model_dump_json()}/n={len(y)}/seed={ctx.seed}"
 
             def work(attack: Attack = attack, key: str = key,
@@ -333,8 +336,10 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
          if r["kind"] == "fixed-budget" or r["eps"] is None]))
     _score(out, ctx, th, worst_rows, flags, vr, name)
     if curves:
-        out.figures.append(ReportFigure("Robust accuracy versus budget", _curve_png(curves, clean_acc),
-                                        "Accuracy on attacked test examples at each budget."))
+        fig = plots.robustness_figure(curves, n=len(y), clean=clean_acc, norms=curve_norms)
+        out.figures.append(ReportFigure("Robust accuracy versus budget", fig_to_png(fig),
+                                        "Accuracy on attacked test examples at each budget, one panel per "
+                                        "norm; shaded: 95% Wilson interval."))
     for title, t in grids:
         out.figures.append(ReportFigure(f"Clean vs adversarial: {title}", _grid_png(t, ctx.test.class_names),
                                         "Top: clean input with label; bottom: adversarial with prediction."))
@@ -457,23 +462,6 @@ def _score(out: SectionOutput, ctx: AuditContext, th: Any, worst_rows: list[dict
         for lab, msgs in per.items():
             for m in msgs:
                 out.notes.append(f"{lab} at {fn} eps {fe:g}: {m}.")
-
-
-def _curve_png(curves: dict[str, list[tuple[float, float]]], clean: float) -> bytes:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, pts in curves.items():
-        pts = sorted(pts)
-        ax.plot([0.0] + [p[0] for p in pts], [clean] + [p[1] for p in pts], marker="o", label=label)
-    ax.set_xlabel("budget (eps)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig_to_png(fig)
 
 
 def _grid_png(t: dict[str, torch.Tensor], names: list[str]) -> bytes:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bastion.audit import plots
 from bastion.audit.scorecard import FAIL, PASS, WARN, above_chance, not_measured, thresholds_of
 from bastion.audit.sections import (
     AuditContext,
@@ -93,7 +94,6 @@ def validate_membership(cfg: dict[str, Any]) -> None:
 @register_section("membership", validate=validate_membership)
 def run_membership_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
     from bastion.attacks.privacy.membership import audit_membership
-    from bastion.metrics import membership as mm
 
     spec, mia = _mia_config(cfg, ctx.seed, ctx.batch_size)
     mode = mia.resolve()
@@ -153,7 +153,7 @@ def run_membership_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOut
         _per_record(ctx, out, t, labels, usable, k, mia.seed, name)
         curves = {a: (t[f"score:{a}"], labels) for a in results if f"score:{a}" in t}
         if curves and bool(labels.any()) and not bool(labels.all()):
-            out.figures.append(ReportFigure("Membership inference ROC (log-log)", fig_to_png(mm.plot_roc(curves)),
+            out.figures.append(ReportFigure("Membership inference ROC (log-log)", fig_to_png(plots.roc_figure(curves)),
                                             "Curves far above the dashed diagonal at low FPR mean confidently "
                                             "identified training members."))
     return out
