@@ -33,7 +33,7 @@ PROBE_JS = """
   const sc = document.getElementById('scorecard') || document.querySelector('.note');
   const tables = [...document.querySelectorAll('table')].map(t => {
     const r = t.getBoundingClientRect();
-    return {right: r.right, width: r.width, scrollWidth: t.scrollWidth,
+    return {head: (t.rows[0] ? t.rows[0].innerText : '').slice(0, 120), right: r.right, width: r.width, scrollWidth: t.scrollWidth,
             wrapper: t.parentElement ? t.parentElement.clientWidth : null};
   });
   return {

@@ -41,7 +41,8 @@ def no_plots(monkeypatch) -> None:
     """Rendering PNGs is most of a small audit's time and is tested in test_audit.py."""
     from bastion.audit import evasion_section
     monkeypatch.setattr(evasion_section, "_grid_png", lambda t, names: b"png")
-    monkeypatch.setattr(evasion_section, "_curve_png", lambda curves, clean: b"png")
+    monkeypatch.setattr(evasion_section.plots, "robustness_figure", lambda *a, **k: None)
+    monkeypatch.setattr(evasion_section, "fig_to_png", lambda fig: b"png")
 
 
 def figures(res: dict[str, Any]) -> Any:

@@ -32,7 +32,8 @@ EVASION = {"kind": "evasion", "attacks": [
 def no_plots(monkeypatch) -> None:
     from bastion.audit import evasion_section, membership_section
     monkeypatch.setattr(evasion_section, "_grid_png", lambda t, names: b"png")
-    monkeypatch.setattr(evasion_section, "_curve_png", lambda curves, clean: b"png")
+    monkeypatch.setattr(evasion_section.plots, "robustness_figure", lambda *a, **k: None)
+    monkeypatch.setattr(evasion_section, "fig_to_png", lambda fig: b"png")
     monkeypatch.setattr(membership_section, "fig_to_png", lambda fig: b"png")
 
 

@@ -386,7 +386,9 @@ def compare_runs(path_a: str | Path, path_b: str | Path) -> Comparison:
     """Compare run B against run A (differences are B - A)."""
     ra, rb = load_run(path_a), load_run(path_b)
     paired = ra.examples_digest is not None and ra.examples_digest == rb.examples_digest
-    rows = [compare_figures(fa, rb.figures[k], paired) for k, fa in ra.figures.items() if k in rb.figures]
+    # a threat measured in neither run (a "not measured" scorecard row in both) has nothing to compare
+    rows = [compare_figures(fa, rb.figures[k], paired) for k, fa in ra.figures.items()
+            if k in rb.figures and not (fa.value is None and rb.figures[k].value is None)]
     only_a = [f"{t}: {m}" for (t, m) in ra.figures if (t, m) not in rb.figures]
     only_b = [f"{t}: {m}" for (t, m) in rb.figures if (t, m) not in ra.figures]
     if not rows:

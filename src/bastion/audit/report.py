@@ -44,7 +44,7 @@ table{border-collapse:collapse;margin:.4rem 0;font-size:.84rem;width:100%}
 th,td{border:1px solid #d9dee8;padding:.25rem .45rem;text-align:right;vertical-align:top}
 td{white-space:nowrap} td.l{white-space:normal;overflow-wrap:break-word} th{overflow-wrap:normal}
 th{background:#f3f5f9;font-weight:600} td.l,th.l{text-align:left}
-table.score td,table.score th{font-size:.86rem} table.score td.meaning{text-align:left;min-width:18rem}
+table.score td,table.score th{font-size:.86rem} table.score td.meaning{text-align:left;min-width:18rem;white-space:normal}
 caption{caption-side:bottom;text-align:left;color:#5b6475;font-size:.8rem;padding:.2rem 0}
 .ci{color:#5b6475;font-size:.78rem;white-space:nowrap}
 .note{background:#fff7e0;border-left:4px solid #e0a800;padding:.35rem .7rem;margin:.4rem 0;font-size:.88rem}
@@ -104,9 +104,9 @@ COLUMN_NAMES: dict[str, tuple[str, str]] = {
     "statement": ("statement", ""),
 }
 # Columns holding a rate in [0, 1]: shown as percentages.
-RATE_COLUMNS = {"robust_accuracy", "success_rate", "balanced_accuracy", "tpr@0.1%fpr", "tpr@1%fpr",
+RATE_COLUMNS = {"robust_accuracy", "success_rate", "clean_error", "balanced_accuracy", "tpr@0.1%fpr", "tpr@1%fpr",
                 "tpr@0.01%fpr", "tpr@10%fpr", "asr", "label_accuracy", "clean_accuracy"}
-LEFT_COLUMNS = {"attack", "init", "defense", "stop_reason", "accountant", "kind", "note", "parameter",
+LEFT_COLUMNS = {"attack", "norm", "flags", "init", "defense", "stop_reason", "accountant", "kind", "note", "parameter",
                 "value", "statement", "name"}
 
 DEFAULT_CAPTIONS = {
@@ -239,8 +239,21 @@ def fmt_number(v: Any, rate: bool = False) -> str:
     return esc(v)
 
 
-def column_label(key: str) -> tuple[str, str]:
+# Keys whose meaning depends on the section kind.
+KIND_COLUMN_NAMES: dict[str, dict[str, tuple[str, str]]] = {
+    "evasion": {
+        "asr": ("attack success rate (ASR)", "share of the initially correct examples the attack fools"),
+        "clean_error": ("clean error", "share of examples misclassified before any attack"),
+        "norm": ("norm", "the norm the budget is measured in"),
+        "flags": ("flags", "signs of gradient masking: a figure to distrust"),
+    },
+}
+
+
+def column_label(key: str, kind: str = "") -> tuple[str, str]:
     """(heading, hover text) for a raw column key; unknown keys get underscores as spaces."""
+    if key in KIND_COLUMN_NAMES.get(kind, {}):
+        return KIND_COLUMN_NAMES[kind][key]
     if key in COLUMN_NAMES:
         return COLUMN_NAMES[key]
     return key.replace("_", " "), ""
@@ -367,9 +380,33 @@ def table_html(t: ReportTable | Mapping[str, Any], kind: str = "", norms: Mappin
     keep = [i for i, c in enumerate(columns) if any(i < len(r) and r[i] is not None for r in rows)
             or not rows]
     dropped = [columns[i] for i in range(len(columns)) if i not in keep]
+    if "norm" in columns:  # the table states the norm itself
+        norms = None
+    key = [i for i in keep[:4] if columns[i] in KEY_COLUMNS]
+    rest = [i for i in keep if i not in key]
+    per = max(1, MAX_TABLE_COLUMNS - len(key))
+    chunks = [rest[j:j + per] for j in range(0, len(rest), per)] or [[]]
+    cap = caption or DEFAULT_CAPTIONS.get(kind, "")
+    if dropped:
+        cap += (" " if cap else "") + "Not measured here: " + ", ".join(column_label(c, kind)[0] for c in dropped) + "."
+    parts = []
+    for j, chunk in enumerate(chunks):
+        head = title if j == 0 else f"{title} (continued)"
+        parts.append(_table_part(head, columns, rows, key + chunk, kind, norms,
+                                 cap if j == len(chunks) - 1 else ""))
+    return "".join(parts)
+
+
+# A wide table is split into parts that repeat its key columns, so each fits the page.
+MAX_TABLE_COLUMNS = 9
+KEY_COLUMNS = {"attack", "norm", "eps", "init", "defense"}
+
+
+def _table_part(title: str, columns: list[str], rows: list[list[Any]], keep: list[int], kind: str,
+                norms: Mapping[str, str] | None, caption: str) -> str:
     heads = []
     for i in keep:
-        label, tip = column_label(columns[i])
+        label, tip = column_label(columns[i], kind)
         cls = " class='l'" if columns[i] in LEFT_COLUMNS else ""
         tip_attr = f" title='{esc(tip)}'" if tip else ""
         heads.append(f"<th{cls}{tip_attr}>{esc(label)}</th>")
@@ -387,10 +424,7 @@ def table_html(t: ReportTable | Mapping[str, Any], kind: str = "", norms: Mappin
                 text = fmt_number(v, rate=c in RATE_COLUMNS)
             cells.append(f"<td class='l'>{text}</td>" if c in LEFT_COLUMNS else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    cap = caption or DEFAULT_CAPTIONS.get(kind, "")
-    if dropped:
-        cap += (" " if cap else "") + "Not measured here: " + ", ".join(column_label(c)[0] for c in dropped) + "."
-    cap_html = f"<caption>{esc(cap)}</caption>" if cap else ""
+    cap_html = f"<caption>{esc(caption)}</caption>" if caption else ""
     return (f"<h3>{esc(title)}</h3><div class='tw'><table>{cap_html}<tr>{''.join(heads)}</tr>"
             f"{''.join(body)}</table></div>")
 
