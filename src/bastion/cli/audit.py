@@ -12,13 +12,17 @@ from bastion.cli.common import (
     DEVICE_OPTION,
     JSON_OPTION,
     MAX_EXAMPLES,
+    QUIET_OPTION,
     ROOT_OPTION,
+    THREADS_OPTION,
+    WIDE_OPTION,
     check_common,
     check_input_path,
     check_int,
     check_out_dir,
     console,
     emit,
+    setup,
     table,
 )
 
@@ -37,6 +41,9 @@ def audit_cmd(
     wait: bool = typer.Option(False, "--wait", help="If another audit is writing into --out, wait for "
                               "it to finish instead of refusing."),
     as_json: bool = JSON_OPTION,
+    threads: int = THREADS_OPTION,
+    quiet: bool = QUIET_OPTION,
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """Audit a model: attacks over budgets, a table here, results.json + report.html in --out."""
     from bastion.audit import load_config, run_audit
@@ -50,13 +57,15 @@ def audit_cmd(
     check_input_path(model, "--model")
     check_input_path(config, "--config")
     check_out_dir(out_dir, "--out")
+    setup(quiet, wide, threads)
     cfg = load_config(config)
     if n is not None:
         cfg.data.n = n
     if seed is not None:
         cfg.seed = seed
-    run = run_audit(model, cfg, out_dir, data=data, device=device, root=root, wait=wait)
+    run = run_audit(model, cfg, out_dir, data=data, device=device, root=root, wait=wait, threads=threads)
     res = run.results
+    console.print(f"threads: {res['threads']} ({res['threads_policy']})", style="dim", highlight=False)
     console.print(f"[bold]{res['model']['name']}[/] on {res['data']['name']} ({res['data']['n']} examples): "
                   f"clean accuracy {res['clean_accuracy']:.4f}", highlight=False)
     for sec in run.sections:
