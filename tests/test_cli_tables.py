@@ -81,3 +81,15 @@ def test_headers_are_human_names_with_units() -> None:
     assert HEADERS["success_rate"] == HEADERS["asr"] == "ASR"
     assert HEADERS["mean_l2"] == "L2 (mean)" and HEADERS["psnr"] == "PSNR (dB)"
     assert HEADERS["time_per_example_s"] == "s/example"
+
+
+def test_cli_starts_without_torch() -> None:
+    """`bastion --help` must be quick: importing the CLI loads neither torch nor numpy."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bastion.cli.main; from bastion.cli.main import run; run(['--help']); "
+            "print(sorted(m for m in ('torch', 'numpy', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "--help" in out.stdout or "Commands" in out.stdout
