@@ -29,9 +29,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 OFF, BAR, LINES = "off", "bar", "lines"
-# plain-line mode: a task of at most this many steps prints every step; a longer one (the
-# minibatches of a training run) prints at most one line per LINE_INTERVAL_S
-EVERY_STEP_MAX = 100
+# plain-line mode: a task of at most this many steps (shadow models, leakage batches) prints
+# every step; a longer one (the minibatches of a training run) prints at most one line per
+# LINE_INTERVAL_S
+EVERY_STEP_MAX = 20
 LINE_INTERVAL_S = 10.0
 
 _setting: bool | None = None
