@@ -192,10 +192,16 @@ def _new_progress() -> Any:
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.table import Column
 
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                    TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=False)
+    # the counts and times never shrink; the step text gives way on a narrow terminal
+    keep = {"table_column": Column(no_wrap=True)}
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}", **keep), BarColumn(bar_width=16),
+                    MofNCompleteColumn(**keep), TimeElapsedColumn(**keep), TextColumn("left", **keep),
+                    TimeRemainingColumn(**keep),
+                    TextColumn("{task.fields[info]}",
+                               table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+                    console=Console(stderr=True), transient=False)
 
 
 def track(it: Iterable[T], description: str, total: float | None = None,

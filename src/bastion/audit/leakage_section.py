@@ -133,7 +133,7 @@ def attack_examples(model: Any, x: torch.Tensor, y: torch.Tensor, attack: str, i
     fn = None if defense == "none" else parse_defense(defense)
     recs, per = [], []
     starts = range(0, x.shape[0] - batch + 1, batch)
-    for i in track(starts, f"{attack} {init} {defense}: batches of {batch}"):
+    for i in track(starts, f"{attack} {init} {defense}"):
         xb, yb = x[i:i + batch], y[i:i + batch]
         payload = shared_gradient(model, xb, yb)
         if fn is not None:
