@@ -24,11 +24,12 @@ $(DEMO_MODEL): | $(STAMP)
 demo: $(STAMP) $(DEMO_MODEL)
 	$(BIN)/bastion audit --model $(DEMO_MODEL) --data mnist-5k --config configs/demo.yaml --out runs/demo
 
+# The full run takes minutes: -v names each test as it runs, --durations lists the slowest.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not crosscheck"
+	$(BIN)/python -m pytest -v --durations=15 -m "not crosscheck"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not crosscheck and not slow"
+	$(BIN)/python -m pytest -q --durations=10 -m "not crosscheck and not slow"
 
 # Optional: compares results with torchattacks / Foolbox / ART (installs them first).
 # The peers must not replace the torch under test: a constraints file pins the installed

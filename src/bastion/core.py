@@ -18,32 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
+# The errors live in bastion.errors (importable without torch, for the CLI's start-up).
+from bastion.errors import BastionError as BastionError
+from bastion.errors import CheckpointError as CheckpointError
+from bastion.errors import ConfigError as ConfigError
+from bastion.errors import DataError as DataError
+from bastion.errors import InputError as InputError
+from bastion.errors import check_number as check_number
+from bastion.errors import unknown_name as unknown_name
+
 # --------------------------------------------------------------------------- errors
-
-
-class BastionError(Exception):
-    """Base class of every error Bastion raises on purpose. The CLI exits with code 2."""
-
-
-class ConfigError(BastionError, ValueError):
-    """An impossible or out-of-range parameter, an unknown name, a bad combination."""
-
-
-class InputError(BastionError, ValueError):
-    """Inputs of the wrong shape, dtype or value range for the model they are fed to."""
-
-
-class DataError(BastionError, OSError):
-    """A data file is missing, unreadable or not in the expected format."""
-
-
-class CheckpointError(BastionError, OSError):
-    """A checkpoint is missing, corrupt, or does not describe a known architecture."""
-
-
-def unknown_name(kind: str, name: str, valid: Sequence[str]) -> ConfigError:
-    """The standard error for an unknown registry name, listing the valid ones."""
-    return ConfigError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
 
 
 def require(cond: bool, message: str) -> None:
@@ -436,25 +420,6 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     if not 0 <= seed <= SEED_MAX:
         raise ConfigError(f"{name} must lie in [0, 2^63 - 1], got {seed}")
     return seed
-
-
-def check_number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, integer: bool = False) -> Any:
-    """Refuse non-numbers, NaN, infinities and values outside [low, high] (or (low, high]
-    with `low_open`) with a one-line ConfigError naming the value; return it unchanged."""
-    ok_types = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be finite, got {value}")
-    if low is not None and (value <= low if low_open else value < low):
-        bound = ("positive" if low_open else "non-negative") if low == 0 else \
-            f"{'>' if low_open else '>='} {low:g}"
-        raise ConfigError(f"{name} must be {bound}, got {value:g}")
-    if high is not None and value > high:
-        raise ConfigError(f"{name} must be <= {high:g}, got {value:g}")
-    return value
 
 
 def seed_everything(seed: int) -> torch.Generator:

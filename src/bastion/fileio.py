@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bastion.core import DataError
+from bastion.errors import DataError
 
 
 def fsync_dir(folder: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bastion.core import ConfigError
+from bastion.errors import ConfigError
 from bastion.fileio import os_error, write_probe
 
 NAME_MAX = 255  # bytes per path component (Linux, macOS)

@@ -24,7 +24,7 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import Node
 
-from bastion.core import ConfigError
+from bastion.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_DEPTH = 64

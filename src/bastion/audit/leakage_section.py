@@ -40,6 +40,7 @@ from bastion.audit.sections import (
     register_section,
 )
 from bastion.core import ConfigError
+from bastion.progress import track
 
 MAX_GRID = 8
 COLUMNS = ["attack", "init", "defense", "n", "asr", "iterations_to_success", "mse", "nmse", "psnr",
@@ -133,7 +134,8 @@ def attack_examples(model: Any, x: torch.Tensor, y: torch.Tensor, attack: str, i
     cfg = make_config(attack, init=init, max_iter=max_iter, seed=seed, **(params or {}))
     fn = None if defense == "none" else parse_defense(defense)
     recs, per = [], []
-    for i in range(0, x.shape[0] - batch + 1, batch):
+    starts = range(0, x.shape[0] - batch + 1, batch)
+    for i in track(starts, f"{attack} {init} {defense}"):
         xb, yb = x[i:i + batch], y[i:i + batch]
         payload = shared_gradient(model, xb, yb)
         if fn is not None:

@@ -25,6 +25,10 @@ from bastion.data.dataset import Dataset
 from bastion.fileio import atomic_write, fsync_dir, os_error, probe_writable, strict_json
 from bastion.models.checkpoint import library_versions
 from bastion.models.loading import ModelSource, load_model
+from bastion.progress import task
+from bastion.threads import ThreadChoice
+from bastion.threads import choose as choose_threads
+from bastion.threads import using as using_threads
 
 
 @dataclass
@@ -56,6 +60,7 @@ class _Prepared:
     train: Dataset
     test: Dataset
     sections: list[dict[str, Any]]
+    threads: ThreadChoice | None = None
 
 
 def _prepare(model: Classifier | ModelSource | str | Path, cfg: AuditConfig,
@@ -137,32 +142,45 @@ def _holds_work(out: Path) -> bool:
 
 def run_audit(model: Classifier | str | Path, cfg: AuditConfig, out_dir: str | Path,
               data: str | None = None, device: str = "auto", root: str | Path | None = None,
-              wait: bool = False) -> AuditRun:
+              wait: bool = False, threads: int | None = None,
+              progress: bool | None = None) -> AuditRun:
     """Audit `model` (a Classifier or a checkpoint path) as configured; outputs go to
     `out_dir`. Finished steps found in `out_dir` are reused (resume) when their whole key
     matches. Another audit writing into `out_dir` makes this raise DataError, or with
     `wait` wait for it. A failure before any step finished removes the folder again when
-    this call created it."""
+    this call created it. `threads`: intra-op CPU threads (None = measured, see
+    bastion.threads); `progress`: report each step on stderr (None = on a terminal)."""
     started = time.perf_counter()
     prep = _prepare(model, cfg, data, device, root)
+    prep.threads = choose_threads(prep.model, prep.test.x, threads, cfg.batch_size)
     out = Path(out_dir)
     created = probe_writable(out)
     with run_lock(out, wait=wait):
         try:
-            return _execute(prep, cfg, out, started)
+            with using_threads(prep.threads.threads), \
+                    task("audit", planned_steps(prep.sections), progress, interval=0) as bar:
+                return _execute(prep, cfg, out, started, bar)
         except BaseException:
             if created is not None and not _holds_work(out):
                 shutil.rmtree(created, ignore_errors=True)
             raise
 
 
-def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float) -> AuditRun:
+def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float, bar: Any = None) -> AuditRun:
     model, test = prep.model, prep.test
     context = run_context(prep, cfg)
     store = RunStore(out, context)
     store.remove_stale_temps()
+
+    def step(key: str, fn: Any) -> Any:  # store.step, reporting each finished step
+        hits = store.hits
+        value = store.step(key, fn)
+        if bar is not None:
+            bar.advance(1, info=step_label(key), cached=store.hits > hits)
+        return value
+
     ctx = AuditContext(model=model, train=prep.train, test=test, out_dir=out, seed=cfg.seed,
-                       checkpoint=prep.checkpoint, meta=dict(model.meta), step=store.step,
+                       checkpoint=prep.checkpoint, meta=dict(model.meta), step=step,
                        save_tensors=store.save_tensors, load_tensors=store.load_tensors,
                        batch_size=cfg.batch_size, thresholds=cfg.thresholds)
     clean = model.accuracy(test.x, test.y)
@@ -183,6 +201,8 @@ def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float) -> Au
         "seed": cfg.seed,
         "device": str(prep.device),
         "threads": torch.get_num_threads(),
+        "threads_policy": prep.threads.policy if prep.threads else "torch default",
+        "threads_detail": prep.threads.detail if prep.threads else "",
         "versions": library_versions(),
         "model": {"checkpoint": None if prep.checkpoint is None else str(prep.checkpoint),
                   "name": model.name, "arch": model.meta.get("arch"), "num_classes": model.num_classes,
@@ -205,6 +225,40 @@ def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float) -> Au
     }
     write_outputs(out, strict_json(results), render(results, outputs))
     return AuditRun(out, results, outputs, store.hits, store.misses)
+
+
+def planned_steps(sections: list[dict[str, Any]]) -> int | None:
+    """How many cached steps the sections will run (None when a section's count is not
+    known in advance): the progress total."""
+    total = 0
+    for s in sections:
+        if s["kind"] == "evasion":
+            from bastion.attacks import registry
+            from bastion.attacks.base import MINIMUM_NORM
+            from bastion.audit.evasion_section import _parse as parse_evasion
+
+            total += sum(1 if registry.get(a.attack).kind == MINIMUM_NORM else len(a.eps or [])
+                         for a in parse_evasion(s).attacks)
+        elif s["kind"] == "leakage":
+            from bastion.audit.leakage_section import _parse as parse_leakage
+
+            spec = parse_leakage(s)
+            total += len(spec.inits) * len(spec.defenses)
+        elif s["kind"] == "membership":
+            total += 1
+        elif s["kind"] != "dp":
+            return None
+    return total or None
+
+
+def step_label(key: str) -> str:
+    """'evasion/pgd/eps=0.1/{...}/n=200/seed=0' -> 'evasion pgd eps=0.1'."""
+    parts: list[str] = []
+    for p in key.split("/")[:4]:
+        if p.startswith(("{", "[", "n=", "seed=")):
+            break
+        parts.append(p)
+    return " ".join(parts)
 
 
 def write_outputs(out: Path, results_text: str, report_text: str) -> None:

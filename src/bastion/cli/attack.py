@@ -14,10 +14,14 @@ import typer
 from bastion.cli.app import app
 from bastion.cli.common import (
     DEVICE_OPTION,
+    HEADERS,
     JSON_OPTION,
     MAX_EXAMPLES,
+    QUIET_OPTION,
     ROOT_OPTION,
     SEED_OPTION,
+    THREADS_OPTION,
+    WIDE_OPTION,
     check_common,
     check_float,
     check_input_path,
@@ -26,7 +30,9 @@ from bastion.cli.common import (
     console,
     emit,
     parse_kv,
+    setup,
     table,
+    use_threads,
 )
 from bastion.cli.model_options import (
     BOUNDS_OPTION,
@@ -39,7 +45,7 @@ from bastion.cli.model_options import (
     WEIGHTS_OPTION,
     load_model_from_options,
 )
-from bastion.core import ConfigError
+from bastion.errors import ConfigError
 
 
 @app.command("attacks")
@@ -127,6 +133,9 @@ def attack_cmd(
     seed: int = SEED_OPTION,
     device: str = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
+    threads: int = THREADS_OPTION,
+    quiet: bool = QUIET_OPTION,
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """Attack the first N test examples of a data set and report the metrics."""
     import torch
@@ -135,6 +144,7 @@ def attack_cmd(
     from bastion.core import seed_everything, unknown_name
     from bastion.data import load
     from bastion.metrics.evasion import evasion_metrics
+    from bastion.progress import task
 
     check_int(n, "--n", 1, MAX_EXAMPLES)
     check_common(seed, device, root)
@@ -142,6 +152,7 @@ def attack_cmd(
     if targeted is not None and targeted.lower() not in TARGET_MODES:
         raise unknown_name("target mode", targeted, TARGET_MODES)
     check_out_file(out, "--out", (".npz",))
+    setup(quiet, wide, threads)
     atk = build_attack(attack, norm, eps, parse_kv(arg))
     if targeted is not None and not type(atk).supports_targeted:
         raise ConfigError(f"attack {type(atk).name!r} is untargeted only; drop --targeted")
@@ -156,10 +167,13 @@ def attack_cmd(
     else:
         x, y = x[:n], y[:n]
     target = None if targeted is None else select_targets(clf, x, y, targeted.lower(), seed=seed)
-    res = atk(clf, x, y, target)
+    thr = use_threads(clf, x, threads)
+    with task(f"{type(atk).name} on {len(y)} examples", None):
+        res = atk(clf, x, y, target)
     summary = {**res.summary(), **evasion_metrics(clf, res), "model": str(model), "data": data,
                "targeted_mode": targeted, "seed": seed, "device": str(clf.device)}
     summary["params"] = res.params
+    summary.update(thr)
     if out is not None:
         r = res.cpu()
         arrays = {"x": r.x.numpy(), "x_adv": r.x_adv.numpy(), "y": r.y.numpy(),
@@ -168,7 +182,7 @@ def attack_cmd(
             arrays["target"] = r.target.numpy()
         save_npz_atomic(out, arrays)
         summary["out"] = str(out)
-    rows = [[k, summary.get(k)] for k in ("attack", "n", "clean_accuracy", "robust_accuracy", "asr",
+    rows = [[HEADERS.get(k, k), summary.get(k)] for k in ("attack", "n", "clean_accuracy", "robust_accuracy", "asr",
                                           "mr", "mean_conf", "mean_l2", "mean_linf", "mean_l0",
                                           "ssim", "psnr", "queries_mean", "time_per_example_s")]
     console.print(table(f"{res.attack} on {model.name}", ["metric", "value"], rows))

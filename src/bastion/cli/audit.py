@@ -14,13 +14,17 @@ from bastion.cli.common import (
     DEVICE_OPTION,
     JSON_OPTION,
     MAX_EXAMPLES,
+    QUIET_OPTION,
     ROOT_OPTION,
+    THREADS_OPTION,
+    WIDE_OPTION,
     check_common,
     check_input_path,
     check_int,
     check_out_dir,
     console,
     emit,
+    setup,
     table,
 )
 from bastion.cli.model_options import (
@@ -75,6 +79,9 @@ def audit_cmd(
     fail_on: str = typer.Option("never", "--fail-on", help="Exit with code 1 when any scorecard verdict "
                                 "is at least this bad: fail | warn | never (default)."),
     as_json: bool = JSON_OPTION,
+    threads: int = THREADS_OPTION,
+    quiet: bool = QUIET_OPTION,
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """Audit a model: attacks over budgets, a table here, results.json + report.html in --out."""
     from bastion.audit import load_config, run_audit
@@ -91,14 +98,16 @@ def audit_cmd(
     check_input_path(model, "--model")
     check_input_path(config, "--config")
     check_out_dir(out_dir, "--out")
+    setup(quiet, wide, threads)
     cfg = load_config(config)
     src = model_source(model, weights, input_shape, num_classes, mean, std, bounds, model_arg)
     if n is not None:
         cfg.data.n = n
     if seed is not None:
         cfg.seed = seed
-    run = run_audit(src, cfg, out_dir, data=data, device=device, root=root, wait=wait)
+    run = run_audit(src, cfg, out_dir, data=data, device=device, root=root, wait=wait, threads=threads)
     res = run.results
+    console.print(f"threads: {res['threads']} ({res['threads_policy']})", style="dim", highlight=False)
     console.print(f"[bold]{res['model']['name']}[/] on {res['data']['name']} ({res['data']['n']} examples): "
                   f"clean accuracy {res['clean_accuracy']:.4f}", highlight=False)
     console.print(_scorecard_table(res, format_value, format_threshold))

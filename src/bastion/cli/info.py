@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from bastion.cli.app import app
-from bastion.cli.common import JSON_OPTION, console, emit, table
+from bastion.cli.common import JSON_OPTION, WIDE_OPTION, console, emit, setup, table
 from bastion.cli.model_options import (
     BOUNDS_OPTION,
     INPUT_SHAPE_OPTION,
@@ -21,8 +21,9 @@ from bastion.cli.model_options import (
 
 
 @app.command("models")
-def models_cmd(as_json: bool = JSON_OPTION) -> None:
+def models_cmd(as_json: bool = JSON_OPTION, wide: bool = WIDE_OPTION) -> None:
     """List the model zoo."""
+    setup(wide=wide)
     import inspect
 
     from bastion.models import zoo
@@ -38,8 +39,9 @@ def models_cmd(as_json: bool = JSON_OPTION) -> None:
 
 
 @app.command("datasets")
-def datasets_cmd(as_json: bool = JSON_OPTION) -> None:
+def datasets_cmd(as_json: bool = JSON_OPTION, wide: bool = WIDE_OPTION) -> None:
     """List the data sets (embedded ones need no files)."""
+    setup(wide=wide)
     from bastion.data import EMBEDDED, names
 
     rows = [{"name": n, "embedded": n in EMBEDDED} for n in names()]

@@ -11,8 +11,11 @@ from bastion.cli.app import app
 from bastion.cli.common import (
     DEVICE_OPTION,
     JSON_OPTION,
+    QUIET_OPTION,
     ROOT_OPTION,
     SEED_OPTION,
+    THREADS_OPTION,
+    WIDE_OPTION,
     check_common,
     check_input_path,
     check_int,
@@ -20,8 +23,10 @@ from bastion.cli.common import (
     console,
     emit,
     parse_kv,
+    setup,
     table,
     to_json,
+    use_threads,
 )
 from bastion.cli.model_options import (
     BOUNDS_OPTION,
@@ -66,6 +71,9 @@ def leak_cmd(
     seed: int = SEED_OPTION,
     device: str = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
+    threads: int = THREADS_OPTION,
+    quiet: bool = QUIET_OPTION,
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """Reconstruct private examples from the gradients they produce on a model."""
     from bastion.attacks.privacy.leakage import make_config, uniform_init_
@@ -85,6 +93,7 @@ def leak_cmd(
     check_common(seed, device, root)
     check_input_path(model, "--model")
     check_out_dir(out, "--out")
+    setup(quiet, wide, threads)
     if not 1 <= batch <= 16:
         raise ConfigError(f"--batch must be in [1, 16], got {batch}")
     if n < batch:
@@ -108,6 +117,7 @@ def leak_cmd(
         uniform_init_(clf, seed=seed)
     k = (min(n, len(ds)) // batch) * batch
     x, y = ds.x[:k], ds.y[:k]
+    thr = use_threads(clf, x, threads, batch)
     row, rec = attack_examples(clf, x, y, attack, cfg_probe.init, defense or "none", batch,
                                cfg_probe.max_iter, seed, params, init_pool=(other.x[:500], other.y[:500]))
     cols = COLUMNS
@@ -116,7 +126,7 @@ def leak_cmd(
     report = {"model": str(model), "data": name, "split": split, "batch": batch,
               "max_iter": cfg_probe.max_iter, "uniform_init": uniform_init, "seed": seed, **row,
               "config": make_config(attack, init=cfg_probe.init, max_iter=cfg_probe.max_iter,
-                                    seed=seed, **params).to_dict()}
+                                    seed=seed, **params).to_dict(), **thr}
     if out is not None:
         from bastion.audit.sections import fig_to_png
         from bastion.fileio import atomic_write

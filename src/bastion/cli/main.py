@@ -14,7 +14,7 @@ import sys
 from typer import Abort
 
 from bastion.cli.app import app
-from bastion.core import BastionError
+from bastion.errors import BastionError
 
 try:  # recent typer vendors its own copy of click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
@@ -39,7 +39,7 @@ for _mod in COMMAND_MODULES:
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI with `argv`; return the exit code instead of exiting (used by tests)."""
-    from bastion.cli.common import console
+    from bastion.cli.common import console, reset
 
     try:
         rc = app(args=argv, prog_name="bastion", standalone_mode=False)
@@ -74,6 +74,8 @@ def run(argv: list[str] | None = None) -> int:
         msg = one_line(f"{e.strerror or e}{where}")
         console.print(f"[bold red]error:[/] file system: {msg}", highlight=False, soft_wrap=True)
         return 2
+    finally:
+        reset()
 
 
 def one_line(text: str) -> str:

@@ -20,15 +20,20 @@ from bastion.cli.common import (
     JSON_OPTION,
     MAX_EPOCHS,
     MAX_EXAMPLES,
+    QUIET_OPTION,
     ROOT_OPTION,
     SEED_OPTION,
+    THREADS_OPTION,
+    WIDE_OPTION,
     check_common,
     check_input_path,
     check_int,
     check_out_dir,
     console,
     emit,
+    setup,
     table,
+    use_threads,
 )
 from bastion.cli.model_options import (
     BOUNDS_OPTION,
@@ -76,6 +81,9 @@ def mia_cmd(
     seed: int = SEED_OPTION,
     device: str = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
+    threads: int = THREADS_OPTION,
+    quiet: bool = QUIET_OPTION,
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """Membership inference against a checkpoint: AUC, advantage, TPR at 0.1% / 1% FPR."""
     from bastion.attacks.privacy.membership import MIAConfig, audit_membership
@@ -94,6 +102,7 @@ def mia_cmd(
     check_input_path(model, "--model")
     check_input_path(cache, "--cache")
     check_out_dir(out, "--out")
+    setup(quiet, wide, threads)
     if method not in SHADOW_METHODS:
         raise unknown_name("shadow-training method", method, SHADOW_METHODS)
     if variance not in VARIANCES:
@@ -111,6 +120,7 @@ def mia_cmd(
     if members == nonmembers:
         raise ConfigError("--members and --nonmembers must be different splits")
     mem, non = load(data, members, root=root), load(data, nonmembers, root=root)
+    thr = use_threads(target, mem.x, threads)
     cache = cache if cache is not None else (out / "shadows" if out is not None else None)
     console.print(f"target {model} ({meta.get('arch') or meta.get('entry_point') or 'own module'}); {len(mem)} members ({members}), {len(non)} "
                   f"non-members ({nonmembers}); attacker data: {mode}", highlight=False)
@@ -120,7 +130,7 @@ def mia_cmd(
             for a, r in rep.results.items()]
     console.print(table("membership inference", ["attack", "AUC", "advantage", "bal. acc", "TPR@0.1%FPR",
                                                  "TPR@1%FPR"], rows))
-    report = {"checkpoint": str(model), "data": data, "config": config_dict(cfg), **rep.to_dict()}
+    report = {"checkpoint": str(model), "data": data, "config": config_dict(cfg), **rep.to_dict(), **thr}
     if out is not None:
         from bastion.audit.sections import fig_to_png
         from bastion.fileio import atomic_write

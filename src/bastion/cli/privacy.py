@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from bastion.cli.app import app
-from bastion.cli.common import JSON_OPTION, console, emit, table
+from bastion.cli.common import JSON_OPTION, WIDE_OPTION, console, emit, setup, table
 
 privacy_app = typer.Typer(help="Privacy accounting for DP-SGD (Poisson-subsampled Gaussian).",
                           no_args_is_help=True)
@@ -20,6 +20,7 @@ def epsilon_cmd(
     steps: int = typer.Option(..., "--steps", help="Number of DP-SGD steps T."),
     delta: float = typer.Option(1e-5, "--delta", help="Target delta, in (0, 1)."),
     as_json: bool = JSON_OPTION,
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """Epsilon after T steps: the guarantees (PLD, PRV, RDP, moments accountant) and the
     reference formulas (basic, advanced, optimal composition, zCDP), each labelled; the
@@ -28,6 +29,7 @@ def epsilon_cmd(
     from bastion.privacy.accountants import KINDS, LABELS, privacy_summary
     from bastion.privacy.statement import TABLE_COLUMNS, figure_rows, headline_line
 
+    setup(wide=wide)
     check_float(sigma, "--sigma", low=1e-6)  # below it sigma^2 underflows; epsilon is unbounded anyway
     summ = privacy_summary(q, sigma, steps, delta)
     console.print(table(f"epsilon at delta={delta:g} (q={q:g}, sigma={sigma:g}, T={steps}; "

@@ -14,8 +14,11 @@ from bastion.cli.common import (
     MAX_BATCH_SIZE,
     MAX_EPOCHS,
     MAX_STEPS,
+    QUIET_OPTION,
     ROOT_OPTION,
     SEED_OPTION,
+    THREADS_OPTION,
+    WIDE_OPTION,
     check_common,
     check_float,
     check_int,
@@ -23,6 +26,8 @@ from bastion.cli.common import (
     console,
     emit,
     parse_kv,
+    setup,
+    train_threads,
 )
 
 
@@ -59,6 +64,9 @@ def train_cmd(
                                    help="DP: seed the noise and sampling (reproducible, NOT private; "
                                         "default: secure OS randomness)."),
     fix_batchnorm: bool = typer.Option(False, "--fix-batchnorm", help="DP: replace BatchNorm by GroupNorm."),
+    threads: int = THREADS_OPTION,
+    quiet: bool = QUIET_OPTION,
+    wide: bool = WIDE_OPTION,
 ) -> None:
     """Train a model and write a safetensors checkpoint with its metadata."""
     from bastion.training.pipeline import train_and_save
@@ -75,6 +83,8 @@ def train_cmd(
     check_float(target_acc, "--target-acc", low=0.0, high=1.0)
     check_common(seed, device, root)
     check_out_file(out, "--out", (".st", ".safetensors"))
+    setup(quiet, wide, threads)
+    thr = train_threads(model, data, root, parse_kv(arg), threads, batch_size, device)
     if dp:
         _train_dp(model, data, out, epochs, batch_size, lr, optimizer, arg, root, seed, device, as_json,
                   sigma, clip, delta, dynamic, decay, target_eps, target_acc, per_layer, dp_steps,
@@ -88,7 +98,7 @@ def train_cmd(
                                 f"epoch {r['epoch']}: loss {r['loss']:.4f}  train {r['train_accuracy']:.4f}"
                                 f"  test {r.get('test_accuracy', float('nan')):.4f}", highlight=False))
     console.print(f"[green]saved[/] {out}  test accuracy {report['test_accuracy']:.4f}", highlight=False)
-    emit(report, as_json)
+    emit({**report, **thr}, as_json)
 
 
 def _train_dp(model: str, data: str, out: Path, epochs: int, batch_size: int, lr: float, optimizer: str,

@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from bastion.core import ConfigError, unknown_name
+from bastion.errors import ConfigError, unknown_name
 
 #: Valid upper bounds (Poisson sampling, add-or-remove-one adjacency), tightest first.
 GUARANTEES: tuple[str, ...] = ("pld", "prv", "rdp", "moments")

@@ -42,7 +42,6 @@ line on stderr and recomputed.
 from __future__ import annotations
 
 import ast
-import contextlib
 import copy
 import hashlib
 import json
@@ -68,6 +67,8 @@ from bastion.core import (
 from bastion.fileio import atomic_path, atomic_write
 from bastion.models import build_classifier
 from bastion.progress import task
+from bastion.threads import per_worker
+from bastion.threads import using as using_threads
 from bastion.training.fit import OPTIMIZERS
 
 METHODS = ("auto", "auto-timed", "loop", "vmap", "process")
@@ -526,7 +527,7 @@ def _train_processes(todo: Sequence[int], x: torch.Tensor, y: torch.Tensor, cfg:
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # fork after the parent's OpenMP start-up can deadlock
-    threads = max(available_cores() // workers, 1)
+    threads = per_worker(workers)
     tasks, results = ctx.Queue(), ctx.Queue()
     for i in todo:
         tasks.put(i)
@@ -641,16 +642,6 @@ def _check_pool(x: torch.Tensor, y: torch.Tensor) -> None:
         raise InputError(f"the shadow pool needs at least 4 examples, got {x.shape[0]}")
 
 
-@contextlib.contextmanager
-def _num_threads(k: int) -> Any:
-    old = torch.get_num_threads()
-    torch.set_num_threads(k)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def steps_per_model(cfg: ShadowConfig, pool_size: int) -> int:
     """Optimizer steps one model takes on its half of a pool of `pool_size` examples."""
     return cfg.epochs * -(-(pool_size // 2) // cfg.batch_size)
@@ -719,7 +710,7 @@ def pick_method(cfg: ShadowConfig, spec: InputSpec, num_classes: int, x: torch.T
         times["vmap"] = (time.perf_counter() - t) / (steps * group)
     workers = min(cfg.workers or available_cores(), m_total)
     if device.type == "cpu" and workers >= 2 and not cfg.user_code:
-        with _num_threads(max(available_cores() // workers, 1)):
+        with using_threads(per_worker(workers)):
             t1 = time_loop()
         spm = steps_per_model(cfg, n)
         total = PROCESS_STARTUP_S + -(-m_total // workers) * spm * t1
