@@ -10,11 +10,14 @@ sys.path and the current folder) with `--weights` (a plain safetensors state dic
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from bastion.core import Classifier, ConfigError
+from bastion.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported only when a command runs, so --help stays fast
+    from bastion.core import Classifier
 
 MODEL_HELP = ("Model: a Bastion checkpoint (.st), a torch.export program (.pt2) or an entry point "
               "my_pkg.models:build (a callable returning an nn.Module; see --weights, --input-shape).")
