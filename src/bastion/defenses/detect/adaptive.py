@@ -12,7 +12,9 @@ the L1 rule the score's non-differentiable transforms are crossed with BPDA (str
 through; Athalye et al. 2018), as in `bastion.attacks.evasion.adaptive`. With
 `loss='ce'` the classification term is the cross-entropy instead. Every iterate is
 checked with the detector's own threshold; each input keeps the iterate that is
-misclassified and not flagged with the lowest score, else the last one.
+misclassified and not flagged with the lowest score, else the last misclassified iterate,
+else the last one. With `gate=True` (default) the score term only acts on inputs that are
+already misclassified, so the first steps are plain PGD.
 
 The attack runs against a `Detected` model (it reads the detector from it).
 """
@@ -46,6 +48,7 @@ class DetectorAwarePGD(Attack):
         random_start: start at a uniform point of the eps-ball.
         seed: seeds the random start.
         batch_size: inputs per batch.
+        gate: apply the score term only to inputs already misclassified.
     """
 
     name = "pgd-detector-aware"
@@ -62,6 +65,7 @@ class DetectorAwarePGD(Attack):
     random_start: bool = True
     seed: int = 0
     batch_size: int = 256
+    gate: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -110,7 +114,10 @@ class DetectorAwarePGD(Attack):
             other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -float("inf"))
             cls = (other.max(1).values - true).clamp(max=self.kappa)
         score = det.differentiable_score(xa)
-        return cls - self.lam * score, logits, score
+        weight = self.lam
+        if self.gate:
+            weight = self.lam * (logits.argmax(-1) != y).to(score.dtype).detach()
+        return cls - weight * score, logits, score
 
     def _batch(self, model: Classifier, x0: torch.Tensor, y: torch.Tensor,
                gen: torch.Generator) -> torch.Tensor:
@@ -121,13 +128,18 @@ class DetectorAwarePGD(Attack):
         best = x0.clone()
         best_score = torch.full((x0.shape[0],), float("inf"), device=x0.device)
         found = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
+        fooled = torch.zeros_like(found)
+        fallback = x0.clone()
         view = (-1,) + (1,) * (x0.dim() - 1)
         for step in range(self.steps + 1):
             xa = xa.detach().requires_grad_(step < self.steps)
             with torch.enable_grad():
                 obj, logits, score = self._objective(model, xa, y)
             with torch.no_grad():
-                ok = (logits.argmax(-1) != y) & (score <= thr) & (score < best_score)
+                wrong = logits.argmax(-1) != y
+                fallback = torch.where(wrong.view(view), xa.detach(), fallback)
+                fooled |= wrong
+                ok = wrong & (score <= thr) & (score < best_score)
                 best = torch.where(ok.view(view), xa.detach(), best)
                 best_score = torch.where(ok, score.detach(), best_score)
                 found |= ok
@@ -136,4 +148,5 @@ class DetectorAwarePGD(Attack):
             (grad,) = torch.autograd.grad(obj.sum(), xa)
             with torch.no_grad():
                 xa = torch.min(torch.max(xa + self.step_size * grad.sign(), box_lo), box_hi)
-        return torch.where(found.view(view), best, xa.detach())
+        last = torch.where(fooled.view(view), fallback, xa.detach())
+        return torch.where(found.view(view), best, last)

@@ -106,7 +106,7 @@ class Detector:
         self.threshold = quantile_threshold(scores, fpr)
         self.fpr = fpr
         self.calibration = {"n": n, "fpr": fpr, "threshold": self.threshold,
-                            "benign_flagged": float((scores > self.threshold).float().mean())}
+                            "benign_flagged": int((scores > self.threshold).sum()) / n}
         return self.threshold
 
     @property

@@ -122,7 +122,7 @@ class BinaryDetector(Detector):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    total += float(loss) * idx.numel()
+                    total += float(loss.detach()) * idx.numel()
                 self.history.append(total / data.shape[0])
         finally:
             self.net.eval()
