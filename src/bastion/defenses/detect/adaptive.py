@@ -13,8 +13,10 @@ through; Athalye et al. 2018), as in `bastion.attacks.evasion.adaptive`. With
 `loss='ce'` the classification term is the cross-entropy instead. Every iterate is
 checked with the detector's own threshold; each input keeps the iterate that is
 misclassified and not flagged with the lowest score, else the last misclassified iterate,
-else the last one. With `gate=True` (default) the score term only acts on inputs that are
-already misclassified, so the first steps are plain PGD.
+else the last one. With `gate=True` the score term only acts on inputs that are already
+misclassified (the first steps are then plain PGD); measured on MNIST this oscillates
+across the decision boundary and evades less than the default, which pursues both terms
+at every step.
 
 The attack runs against a `Detected` model (it reads the detector from it).
 """
@@ -65,7 +67,7 @@ class DetectorAwarePGD(Attack):
     random_start: bool = True
     seed: int = 0
     batch_size: int = 256
-    gate: bool = True
+    gate: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -103,8 +105,8 @@ class DetectorAwarePGD(Attack):
         queries = torch.full((x.shape[0],), float(self.steps + 1), device=x.device)
         return RunOutput(torch.cat(out), queries)
 
-    def _objective(self, model: Classifier, xa: torch.Tensor, y: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _objective(self, model: Classifier, xa: torch.Tensor, y: torch.Tensor,
+                   lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         det = model.detector  # type: ignore[attr-defined]
         logits = model(xa)
         if self.loss == "ce":
@@ -114,9 +116,9 @@ class DetectorAwarePGD(Attack):
             other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -float("inf"))
             cls = (other.max(1).values - true).clamp(max=self.kappa)
         score = det.differentiable_score(xa)
-        weight = self.lam
+        weight = lam
         if self.gate:
-            weight = self.lam * (logits.argmax(-1) != y).to(score.dtype).detach()
+            weight = lam * (logits.argmax(-1) != y).to(score.dtype).detach()
         return cls - weight * score, logits, score
 
     def _batch(self, model: Classifier, x0: torch.Tensor, y: torch.Tensor,
@@ -131,10 +133,11 @@ class DetectorAwarePGD(Attack):
         fooled = torch.zeros_like(found)
         fallback = x0.clone()
         view = (-1,) + (1,) * (x0.dim() - 1)
+        lam = torch.full((x0.shape[0],), float(self.lam), device=x0.device)
         for step in range(self.steps + 1):
             xa = xa.detach().requires_grad_(step < self.steps)
             with torch.enable_grad():
-                obj, logits, score = self._objective(model, xa, y)
+                obj, logits, score = self._objective(model, xa, y, lam)
             with torch.no_grad():
                 wrong = logits.argmax(-1) != y
                 fallback = torch.where(wrong.view(view), xa.detach(), fallback)
