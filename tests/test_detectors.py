@@ -275,6 +275,7 @@ def test_fpr_outside_unit_interval_refused(small_model, fpr):
 def test_wrong_parameter_ranges_refused(small_model, split):
     bad = [("feature-squeezing", {"bits_gray": 0}), ("feature-squeezing", {"squeezers": []}),
            ("feature-squeezing", {"squeezers": ["warp"]}),
+           ("feature-squeezing", {"squeezers": "bit-depth"}), ("l1", {"denoisers": "median"}),
            ("feature-squeezing", {"squeezers": [{"name": "median-2x2", "kernel": 3}]}),
            ("l1", {"bound": 2.5}), ("l1", {"bound": "middle"}),
            ("binary", {"epochs": 0}), ("binary", {"lr": -1.0}),

@@ -51,6 +51,8 @@ class L1Config:
 
     def __post_init__(self) -> None:
         check_fpr(self.fpr, "l1")
+        require(self.denoisers is None or isinstance(self.denoisers, (list, tuple)),
+                f"l1: denoisers must be a list of transforms, got {self.denoisers!r}")
         b = self.bound
         if isinstance(b, str):
             require(b in BOUNDS, f"l1: bound must be 'lower', 'upper' or a number in (0, 2), "
@@ -80,7 +82,7 @@ class L1Detector(PredictionDistance):
 
     def __init__(self, classifier: Classifier, config: L1Config | None = None) -> None:
         cfg = config or L1Config()
-        denoisers = (list(cfg.denoisers) if cfg.denoisers is not None
+        denoisers = (cfg.denoisers if cfg.denoisers is not None
                      else cfg.default_denoisers(classifier.spec) if isinstance(classifier, Classifier)
                      else [])
         super().__init__(classifier, denoisers, fpr=cfg.fpr, threshold=cfg.threshold)

@@ -75,6 +75,8 @@ class SqueezeConfig:
 
     def __post_init__(self) -> None:
         check_fpr(self.fpr, "feature-squeezing")
+        require(self.squeezers is None or isinstance(self.squeezers, (list, tuple)),
+                f"feature-squeezing: squeezers must be a list of transforms, got {self.squeezers!r}")
         for f in ("bits_gray", "bits_color"):
             v = getattr(self, f)
             require(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8,
@@ -105,7 +107,7 @@ class FeatureSqueezing(PredictionDistance):
 
     def __init__(self, classifier: Classifier, config: SqueezeConfig | None = None) -> None:
         cfg = config or SqueezeConfig()
-        squeezers = (list(cfg.squeezers) if cfg.squeezers is not None
+        squeezers = (cfg.squeezers if cfg.squeezers is not None
                      else cfg.default_squeezers(classifier.spec) if isinstance(classifier, Classifier)
                      else [])
         super().__init__(classifier, squeezers, fpr=cfg.fpr)
