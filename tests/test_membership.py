@@ -255,10 +255,17 @@ def test_cli_mia(trained_model, tmp_path, capsys):
               "--pool-size", "400",
               "--out", str(tmp_path / "o")])
     assert rc == 0
-    rep = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    rep = json.loads(cap.out)
     assert set(rep["results"]) == {"lira", "rmia", "yeom", "gap"}
     assert rep["threat_model"]["attacker_data"] == "pool" and rep["threat_model"]["shadows"] == 2
     assert 0 <= rep["results"]["lira"]["auc"] <= 1 and (tmp_path / "o" / "roc.png").exists()
+    # figures the run cannot support are flagged, never shown as normal results
+    assert set(rep["not_estimable"]["lira"]) == {"auc", "advantage", "balanced_accuracy", "tpr@0.1%fpr",
+                                                 "tpr@1%fpr"}  # 2 shadows < 16
+    assert rep["not_estimable"]["gap"] == ["tpr@0.1%fpr"]  # 100 non-members < 1,000
+    assert "not estimable (needs >= 16 shadow models)" in rep["warnings"]
+    assert "warning:" in cap.err and "16 shadow models" in cap.err
     # second run resumes from the cache: nothing retrained
     assert run(["mia", "--model", str(ckpt), "--attack", "lira", "--shadows", "2", "--shadow-epochs", "1",
                 "--eval-size", "100", "--cache", str(tmp_path / "c"), "--json", "--pool-size", "400"]) == 0

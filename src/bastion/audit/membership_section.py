@@ -128,9 +128,9 @@ def run_membership_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOut
         for c in cols[1:]:
             v = r.get(c)
             if c != "time_s" and a in few_shadows:
-                v = _not_estimable(f"{th.lira_min_shadows} shadow models")
+                v = not_estimable_text(f"{th.lira_min_shadows} shadow models")
             elif c in MIN_NONMEMBERS and k < MIN_NONMEMBERS[c]:
-                v = _not_estimable(f"{MIN_NONMEMBERS[c]:,} non-members")
+                v = not_estimable_text(f"{MIN_NONMEMBERS[c]:,} non-members")
             row.append(v)
         rows.append(row)
     out.tables.append(ReportTable(
@@ -164,7 +164,7 @@ MIN_NONMEMBERS = {"tpr@0.1%fpr": 1000, "tpr@1%fpr": 100}
 EXPOSED = 10
 
 
-def _not_estimable(needs: str) -> str:
+def not_estimable_text(needs: str) -> str:
     return f"not estimable (needs >= {needs})"
 
 
@@ -190,7 +190,7 @@ def _score(out: SectionOutput, th: Any, usable: dict[str, dict[str, Any]], k: in
     if k < MIN_NONMEMBERS["tpr@1%fpr"]:
         out.scorecard.append(not_measured(
             "membership", metric, "TPR at 1% FPR cannot be estimated from this few non-members",
-            section=name, note=_not_estimable(f"{MIN_NONMEMBERS['tpr@1%fpr']:,} non-members") + f", got {k}",
+            section=name, note=not_estimable_text(f"{MIN_NONMEMBERS['tpr@1%fpr']:,} non-members") + f", got {k}",
             higher_is_better=False, threshold=th.membership_tpr_at_1fpr))
     else:
         best = max(usable, key=lambda a: usable[a]["tpr@1%fpr"])

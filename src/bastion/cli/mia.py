@@ -126,11 +126,16 @@ def mia_cmd(
                   f"non-members ({nonmembers}); attacker data: {mode}", highlight=False)
     rep = audit_membership(target, mem, non, cfg, cache_dir=cache,
                            log=lambda s: console.print(s, highlight=False))
-    rows = [[a, r["auc"], r["advantage"], r["balanced_accuracy"], r["tpr@0.1%fpr"], r["tpr@1%fpr"]]
-            for a, r in rep.results.items()]
+    unsupported = not_estimable(rep.results, shadows, int((~rep.labels.bool()).sum()))  # non-members scored
+    rows = [[a] + [unsupported[a].get(c, r[c]) for c in ("auc", "advantage", "balanced_accuracy", "tpr@0.1%fpr",
+                                                         "tpr@1%fpr")] for a, r in rep.results.items()]
     console.print(table("membership inference", ["attack", "AUC", "advantage", "bal. acc", "TPR@0.1%FPR",
                                                  "TPR@1%FPR"], rows))
-    report = {"checkpoint": str(model), "data": data, "config": config_dict(cfg), **rep.to_dict(), **thr}
+    warnings = sorted({w for a in unsupported.values() for w in a.values()})
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] some figures are {w}; they are left out of the table", highlight=False)
+    report = {"checkpoint": str(model), "data": data, "config": config_dict(cfg), **rep.to_dict(), **thr,
+              "not_estimable": {a: sorted(v) for a, v in unsupported.items() if v}, "warnings": warnings}
     if out is not None:
         from bastion.audit.sections import fig_to_png
         from bastion.fileio import atomic_write
@@ -139,3 +144,23 @@ def mia_cmd(
         atomic_write(out / "mia.json", to_json(report))  # last: its presence means a finished run
         console.print(f"[green]wrote[/] {out / 'mia.json'} and {out / 'roc.png'}", highlight=False)
     emit(report, as_json)
+
+
+def not_estimable(results: dict[str, dict[str, float]], shadows: int, nonmembers: int) -> dict[str, dict[str, str]]:
+    """Per attack, the figures the run cannot support, each with the reason: LiRA with fewer
+    shadow models than its Gaussian fits need, TPR at an FPR below 1 / (non-members)."""
+    from bastion.audit.config import Thresholds
+    from bastion.audit.membership_section import LIRA, MIN_NONMEMBERS, not_estimable_text
+
+    need = Thresholds().lira_min_shadows
+    out: dict[str, dict[str, str]] = {}
+    for a in results:
+        bad: dict[str, str] = {}
+        if a in LIRA and shadows < need:
+            bad = {c: not_estimable_text(f"{need} shadow models") for c in
+                   ("auc", "advantage", "balanced_accuracy", "tpr@0.1%fpr", "tpr@1%fpr")}
+        for c, k in MIN_NONMEMBERS.items():
+            if nonmembers < k:
+                bad.setdefault(c, not_estimable_text(f"{k:,} non-members"))
+        out[a] = bad
+    return out
