@@ -114,3 +114,18 @@ def test_shipped_audit_configs_validate(path: Path) -> None:
     cfg = load_config(path)
     for sec in cfg.section_dicts():
         validate_section(sec["kind"], sec)
+
+
+def test_image_grid_uses_a_realistic_budget() -> None:
+    """The grid shows the smallest budget at which the attack fools half the correct inputs."""
+    import torch
+
+    from bastion.audit.evasion_section import _grid_budget
+
+    correct = torch.tensor([True, True, True, True, False])
+    runs = [(0.3, "k3", torch.tensor([1, 1, 1, 1, 0]).bool()), (0.05, "k1", torch.tensor([1, 0, 0, 0, 1]).bool()),
+            (0.1, "k2", torch.tensor([1, 1, 0, 0, 0]).bool())]
+    assert _grid_budget(runs, correct) == (0.1, "k2")
+    weak = [(e, k, torch.zeros(5, dtype=torch.bool)) for e, k, _ in runs]
+    assert _grid_budget(weak, correct) == (0.3, "k3")  # never fools half: the largest budget
+    assert _grid_budget([(None, "m", torch.ones(5, dtype=torch.bool))], correct) == (None, "m")

@@ -245,6 +245,7 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
     curve_norms: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     grids: list[tuple[str, dict[str, torch.Tensor]]] = []
+    grid_runs: dict[str, list[tuple[float | None, str, torch.Tensor]]] = {}  # label -> (budget, key, success)
     # (norm, eps) -> [(label, black_box, single_step, per-example robust)]
     at_budget: dict[tuple[str, float], list[tuple[str, bool, bool, torch.Tensor]]] = {}
     for a in spec.attacks:
@@ -303,9 +304,12 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
                 curves.setdefault(label, []).append((float(eps), float(robust.float().mean())))
                 at_budget.setdefault((norm, float(eps)), []).append((label, cls.black_box, single, robust))
                 rows.append(_budget_row(label, norm, float(eps), robust, success, correct, extra))
-            tensors = ctx.load_tensors(key)
-            if tensors is not None and (minimum_norm or eps == max(budgets)):
-                grids.append((f"{label}" + ("" if eps is None else f" eps={eps}"), tensors))
+            grid_runs.setdefault(label, []).append((eps, key, success))
+    for label, runs_of in grid_runs.items():
+        eps, key = _grid_budget(runs_of, correct)
+        tensors = ctx.load_tensors(key)
+        if tensors is not None:
+            grids.append((f"{label}" + ("" if eps is None else f" eps={eps:g}"), tensors))
     worst_rows, worst_mask = _worst_case(at_budget, correct)
     flags = _masking_flags(at_budget, worst_rows)
     for r in rows + worst_rows:
@@ -342,7 +346,9 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
                                         "norm; shaded: 95% Wilson interval."))
     for title, t in grids:
         out.figures.append(ReportFigure(f"Clean vs adversarial: {title}", _grid_png(t, ctx.test.class_names),
-                                        "Top: clean input with label; bottom: adversarial with prediction."))
+                                        "Top: clean input with its label; middle: the perturbation, "
+                                        "amplified to the full grey range (mid-grey = no change); bottom: "
+                                        "adversarial input with the model's prediction (red = fooled)."))
     return out
 
 
@@ -464,23 +470,42 @@ def _score(out: SectionOutput, ctx: AuditContext, th: Any, worst_rows: list[dict
                 out.notes.append(f"{lab} at {fn} eps {fe:g}: {m}.")
 
 
+def _grid_budget(runs: list[tuple[float | None, str, torch.Tensor]], correct: torch.Tensor) -> tuple[float | None, str]:
+    """The run to show as an image grid: a realistic budget, the smallest at which the attack
+    fools at least half of the correctly classified inputs, else the largest budget."""
+    fixed = sorted((r for r in runs if r[0] is not None), key=lambda r: r[0])
+    if not fixed:  # a minimum-norm attack: its one unbounded run
+        return runs[0][0], runs[0][1]
+    k = int(correct.sum())
+    for eps, key, success in fixed:
+        if k and float((success & correct).sum()) >= 0.5 * k:
+            return eps, key
+    return fixed[-1][0], fixed[-1][1]
+
+
 def _grid_png(t: dict[str, torch.Tensor], names: list[str]) -> bytes:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     k = t["x"].shape[0]
-    fig, axes = plt.subplots(2, k, figsize=(1.3 * k, 3), squeeze=False)
+    delta = t["x_adv"] - t["x"]
+    fig, axes = plt.subplots(3, k, figsize=(1.3 * k, 4.3), squeeze=False)
     for i in range(k):
-        for row, key, lab in ((0, "x", t["y"][i]), (1, "x_adv", t["pred_adv"][i])):
-            img = t[key][i]
+        scale = float(delta[i].abs().max()) or 1.0
+        rows = ((t["x"][i], t["y"][i], "black"),
+                (0.5 + 0.5 * delta[i] / scale, None, "dimgray"),
+                (t["x_adv"][i], t["pred_adv"][i],
+                 "black" if int(t["pred_adv"][i]) == int(t["y"][i]) else "red"))
+        for row, (img, lab, color) in enumerate(rows):
             ax = axes[row][i]
             if img.shape[0] == 1:
                 ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
             else:
                 ax.imshow(img.permute(1, 2, 0).numpy().clip(0, 1))
-            name = names[int(lab)] if int(lab) < len(names) else str(int(lab))
-            color = "black" if row == 0 or int(t["pred_adv"][i]) == int(t["y"][i]) else "red"
-            ax.set_title(name, fontsize=8, color=color)
+            if lab is not None:
+                ax.set_title(names[int(lab)] if int(lab) < len(names) else str(int(lab)), fontsize=8, color=color)
+            else:
+                ax.set_title(f"max {scale:.2g}", fontsize=7, color=color)
             ax.axis("off")
     return fig_to_png(fig)
