@@ -93,3 +93,26 @@ def test_cli_starts_without_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert "--help" in out.stdout or "Commands" in out.stdout
+
+
+def test_catalog_matches_the_zoo_and_the_data_registry() -> None:
+    """`bastion models` / `datasets` list from a torch-free catalog; it must equal the registries."""
+    import inspect
+
+    from bastion.catalog import DATASETS, MODELS
+    from bastion.data import EMBEDDED, names
+    from bastion.models import zoo
+
+    assert MODELS == {n: {p.name: repr(p.default) for p in inspect.signature(zoo.BUILDERS[n]).parameters.values()
+                          if p.name not in ("in_shape", "num_classes")} for n in zoo.names()}
+    assert DATASETS == {n: n in EMBEDDED for n in names()}
+
+
+def test_list_commands_start_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from bastion.cli.main import run; rc = run(['models', '--json']) + run(['datasets']); "
+            "print(rc, sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert out.strip().endswith("0 []"), out

@@ -9,7 +9,6 @@ lives *inside* the classifier, so attacks never see normalised space.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,10 +45,9 @@ def default_device() -> torch.device:
 
 def available_cores() -> int:
     """CPU cores this process may run on."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not Linux
-        return max(os.cpu_count() or 1, 1)
+    from bastion.threads import cores
+
+    return cores()
 
 
 DEVICE_TYPES = ("cpu", "cuda")

@@ -54,9 +54,10 @@ _cache: dict[tuple[Any, ...], ThreadChoice] = {}
 
 def cores() -> int:
     """CPU cores this process may run on."""
-    from bastion.core import available_cores
-
-    return available_cores()
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
 
 
 def per_worker(workers: int) -> int:
@@ -79,7 +80,7 @@ def using(k: int) -> Iterator[None]:
 
 def check_requested(requested: int | None, flag: str = "--threads") -> None:
     """A requested count lies in [1, 4 x cores] (more is a typo, not a setting)."""
-    from bastion.core import ConfigError
+    from bastion.errors import ConfigError
 
     if requested is None:
         return

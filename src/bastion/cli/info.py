@@ -24,15 +24,9 @@ from bastion.cli.model_options import (
 def models_cmd(as_json: bool = JSON_OPTION, wide: bool = WIDE_OPTION) -> None:
     """List the model zoo."""
     setup(wide=wide)
-    import inspect
+    from bastion.catalog import MODELS
 
-    from bastion.models import zoo
-
-    rows = []
-    for name in zoo.names():
-        sig = inspect.signature(zoo.BUILDERS[name])
-        args = {p.name: p.default for p in sig.parameters.values() if p.name not in ("in_shape", "num_classes")}
-        rows.append({"name": name, "arguments": {k: repr(v) for k, v in args.items()}})
+    rows = [{"name": name, "arguments": dict(args)} for name, args in MODELS.items()]
     console.print(table("Bastion model zoo", ["name", "arguments"],
                         [[r["name"], ", ".join(f"{k}={v}" for k, v in r["arguments"].items())] for r in rows]))
     emit(rows, as_json)
@@ -42,9 +36,9 @@ def models_cmd(as_json: bool = JSON_OPTION, wide: bool = WIDE_OPTION) -> None:
 def datasets_cmd(as_json: bool = JSON_OPTION, wide: bool = WIDE_OPTION) -> None:
     """List the data sets (embedded ones need no files)."""
     setup(wide=wide)
-    from bastion.data import EMBEDDED, names
+    from bastion.catalog import DATASETS
 
-    rows = [{"name": n, "embedded": n in EMBEDDED} for n in names()]
+    rows = [{"name": n, "embedded": embedded} for n, embedded in DATASETS.items()]
     console.print(table("Bastion data sets", ["name", "embedded"],
                         [[r["name"], "yes" if r["embedded"] else "needs --root"] for r in rows]))
     emit(rows, as_json)
