@@ -6,7 +6,7 @@ classified test images, runs every configured attack (untargeted, or with "most 
 `bastion.metrics.evasion.evasion_metrics`, checks the orderings of REFERENCE.md section 1
 and writes a markdown table and a JSON file.
 
-    .venv/bin/python experiments/characterize.py --config configs/characterize-mnist.yaml \
+    .venv/bin/python experiments/characterize.py --config experiments/configs/characterize-mnist.yaml \
         [--n 100] [--only FGSM,BIM,CW-L2:ll] [--merge] [--device auto]
 
 `--only` takes labels, or `label:target` (target UA, most, next or ll) for a single row, so
@@ -215,7 +215,7 @@ def to_markdown(cfg: dict[str, Any], meta: dict[str, Any], rows: list[dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "characterize-mnist.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "experiments" / "configs" / "characterize-mnist.yaml")
     ap.add_argument("--n", type=int, default=None, help="override the number of images")
     ap.add_argument("--only", default=None,
                     help="comma-separated labels (or label:target, target UA/most/next/ll) to run")
