@@ -139,3 +139,17 @@ def test_compare_success_and_bad_values():
         diff_proportions(1.2, 10, 0.5)
     with pytest.raises(ConfigError):
         diff_proportions(0.2, 0, 0.5)
+
+
+def test_asr_counts_only_initially_correct_inputs():
+    """An input misclassified before the attack is clean error, not attack success."""
+    m = _prob_model()
+    x = torch.tensor([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.2, 0.2, 0.6]])
+    x_adv = torch.tensor([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.7, 0.2], [0.2, 0.2, 0.6]])
+    y = torch.tensor([0, 0, 1, 0])  # the last one is wrong before any attack
+    r = _result(m, x, x_adv, y)
+    r.queries = None
+    out = evasion_metrics(m, r)
+    assert out["asr"] == pytest.approx(1 / 3)  # example 0 fooled, of the 3 initially correct
+    assert out["clean_error"] == pytest.approx(1 / 4)
+    assert out["mr"] == pytest.approx(2 / 4)  # examples 0 and 3 are wrong after the attack

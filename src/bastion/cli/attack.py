@@ -182,7 +182,7 @@ def attack_cmd(
             arrays["target"] = r.target.numpy()
         save_npz_atomic(out, arrays)
         summary["out"] = str(out)
-    rows = [[HEADERS.get(k, k), summary.get(k)] for k in ("attack", "n", "clean_accuracy", "robust_accuracy", "asr",
+    rows = [[HEADERS.get(k, k), summary.get(k)] for k in ("attack", "n", "clean_accuracy", "robust_accuracy", "asr", "clean_error",
                                           "mr", "mean_conf", "mean_l2", "mean_linf", "mean_l0",
                                           "ssim", "psnr", "queries_mean", "time_per_example_s")]
     console.print(table(f"{res.attack} on {model.name}", ["metric", "value"], rows))

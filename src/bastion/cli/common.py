@@ -105,7 +105,7 @@ def emit(obj: Any, as_json: bool) -> None:
 
 # Column keys -> the names tables show, with units where a number has one. Keep these in
 # step with the report (docs/audit.md lists the same names).
-HEADERS = {"robust_accuracy": "robust acc", "success_rate": "ASR", "asr": "ASR", "mr": "MR",
+HEADERS = {"robust_accuracy": "robust acc", "success_rate": "ASR", "asr": "ASR", "mr": "MR", "clean_error": "clean error",
            "mean_l2": "L2 (mean)", "mean_linf": "Linf (mean)", "mean_l0": "L0 (mean)",
            "queries_mean": "queries (mean)", "time_per_example_s": "s/example",
            "clean_accuracy": "clean acc", "test_accuracy": "test acc", "mean_conf": "mean conf",

@@ -53,7 +53,10 @@ def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.
 def evasion_metrics(model: Classifier, result: AttackResult) -> dict[str, float | None]:
     """The dissertation's effect and cost metrics for one attack run (JSON-ready).
 
-    Keys: n, asr, mr, mean_conf, dist_aatb, dist_aata, dist_acoc, {l0,l1,l2,linf}_{abs,rel},
+    `asr` counts over the initially correct inputs (an input the model already gets wrong
+    is no attack success), the usual definition; `clean_error` is the share misclassified
+    before the attack; `mr` is the misclassification rate over all inputs after it.
+    Keys: n, asr, clean_error, mr, mean_conf, dist_aatb, dist_aata, dist_acoc, {l0,l1,l2,linf}_{abs,rel},
     l0_frac, ssim, psnr, time_per_example_s, queries_mean. Averages over successful AEs;
     None where there is none (or, for SSIM/PSNR, where inputs are not images).
     """
@@ -66,6 +69,8 @@ def evasion_metrics(model: Classifier, result: AttackResult) -> dict[str, float 
     pred_adv = p_adv.argmax(-1)
     success = pred_adv == result.target.to(dev) if result.target is not None else pred_adv != y
     mis = pred_adv != y
+    correct = p_clean.argmax(-1) == y
+    n_correct = int(correct.sum())
     rows = torch.arange(n, device=dev)
     conf_adv = p_adv[rows, pred_adv]
     true_adv = p_adv[rows, y]
@@ -75,7 +80,8 @@ def evasion_metrics(model: Classifier, result: AttackResult) -> dict[str, float 
     runner_up = others.amax(-1)
     out: dict[str, float | None] = {
         "n": float(n),
-        "asr": float(success.float().mean()) if n else None,
+        "asr": float((success & correct).sum()) / n_correct if n_correct else None,
+        "clean_error": 1.0 - n_correct / n if n else None,
         "mr": float(mis.float().mean()) if n else None,
         "mean_conf": _mean(conf_adv, success),
         "dist_aatb": _mean((conf_adv - true_clean).abs(), success),
