@@ -140,7 +140,8 @@ def make_defense(model: Classifier, name: str, params: dict[str, Any] | None = N
     """The defended model: `Preprocessed(model, transform)` for a transformation, or
     `Detected(model, detector)` for a detector, whose threshold is calibrated on benign
     inputs of `train` (the last `calib_n`; a binary detector is first trained on the first
-    `fit_n`) at the detector's false-positive rate."""
+    `fit_n`) at the detector's false-positive rate. The L1 rule (Wei et al. 2020) keeps its
+    fixed, attack-independent bound unless `fpr` is given."""
     rec = check_defense(name, params)
     if isinstance(model, _defended_types()):
         raise ConfigError(f"{model.name} is already a defended model; defend its base model instead")
@@ -165,7 +166,8 @@ def make_defense(model: Classifier, name: str, params: dict[str, Any] | None = N
     if is_binary:
         assert fit is not None
         det.fit(fit.x, fit.y)  # type: ignore[attr-defined]
-    det.calibrate(calib.x)
+    if det.threshold is None or "fpr" in rec["params"]:
+        det.calibrate(calib.x)  # the L1 rule keeps its fixed bound unless an fpr is asked for
     out = Detected(model, det)
     out._given_params = dict(rec["params"])  # type: ignore[attr-defined]
     return out
