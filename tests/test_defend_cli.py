@@ -149,14 +149,14 @@ def test_defend_refuses_a_defended_model(ckpt: Path, tmp_path: Path, capsys) -> 
 
 
 def test_python_api_l1_bound_and_chain_round_trip(small_model, mnist_train, tmp_path: Path) -> None:
-    from bastion.defenses.saved import make_defense, save_defended
+    from bastion.defenses.saved import make_defense
 
     fixed = make_defense(small_model, "l1", {}, mnist_train)
     assert fixed.detector.threshold == 0.5  # the attack-independent bound of Wei et al. (2020)
     calibrated = make_defense(small_model, "l1", {"fpr": 0.1}, mnist_train, calib_n=200)
     assert calibrated.detector.threshold != 0.5 and calibrated.detector.calibration["n"] == 200
     chain = make_defense(small_model, "chain", {"transforms": ["bit-depth", {"name": "median", "kernel": 3}]})
-    path = save_defended(tmp_path / "chain.st", chain, dataset="mnist-5k")
+    path = save_classifier(tmp_path / "chain.st", chain, dataset="mnist-5k")  # delegates to save_defended
     back = load_classifier(path)
     x = mnist_train.x[:16]
     assert isinstance(back, Preprocessed) and torch.equal(back.predict(x), chain.predict(x))

@@ -133,10 +133,16 @@ def save_classifier(path: str | Path, clf: Classifier, **meta: Any) -> Path:
     importable and takes no arguments. The entry point is built once (on the meta device)
     to check it gives this exact layout; otherwise a ConfigError says what to pass.
 
-    `extra_tensors={...}` stores more tensors next to the weights (names starting with
+    A defended model (`Preprocessed`, `Detected`) is saved as its base model plus the
+    defense (`bastion.defenses.saved.save_defended`). `extra_tensors={...}` stores more
+    tensors next to the weights (names starting with
     'defense.': a defended model's detector, see `bastion.defenses.saved`)."""
     from safetensors.torch import save_file
 
+    from bastion.defenses.saved import is_defended, save_defended
+
+    if is_defended(clf):  # a Preprocessed / Detected model: base weights + its defense record
+        return save_defended(path, clf, **meta)
     path = Path(path)
     extra = meta.pop("extra_tensors", None) or {}
     if any(not k.startswith(DEFENSE_PREFIX) for k in extra):
