@@ -65,6 +65,9 @@ class Thresholds(BaseModel):
         0.5, ge=-1, le=1, description="fail when the best reconstruction's mean SSIM is at least this")
     leakage_warn_band: float = Field(
         0.2, ge=0, le=2, description="warn when mean SSIM is at most this far below the threshold")
+    defense_masking_drop: float = Field(
+        0.1, ge=0, le=1, description="defense section: flag gradient masking when robust accuracy under the "
+                                     "adaptive attack is more than this below the plain attack's")
     dp_epsilon: float = Field(8.0, gt=0, description="fail when the claimed epsilon exceeds this")
     dp_epsilon_warn: float = Field(1.0, gt=0, description="warn when the claimed epsilon exceeds this")
 

@@ -68,6 +68,11 @@ def info_cmd(checkpoint: Path = typer.Argument(..., help="A .st checkpoint, a .p
     else:
         refuse_pickle(checkpoint)
         meta = read_metadata(checkpoint)
+        if "defended" in meta:  # a defended checkpoint: say what it loads as (checks it rebuilds)
+            from bastion.models import load_classifier
+
+            clf = load_classifier(checkpoint, device="cpu")
+            meta["loads_as"] = {"class": type(clf).__name__, "name": clf.name}
     from rich.markup import escape
 
     rec = meta.get("privacy")

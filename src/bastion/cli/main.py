@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - older typer runs on click itself
 COMMAND_MODULES = (
     "bastion.cli.info",
     "bastion.cli.train",
+    "bastion.cli.defend",
     "bastion.cli.audit",
     "bastion.cli.compare",
     "bastion.cli.attack",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -29,6 +30,7 @@ from bastion.cli.common import (
     setup,
     train_threads,
 )
+from bastion.errors import ConfigError
 
 
 @app.command("train")
@@ -64,6 +66,13 @@ def train_cmd(
                                    help="DP: seed the noise and sampling (reproducible, NOT private; "
                                         "default: secure OS randomness)."),
     fix_batchnorm: bool = typer.Option(False, "--fix-batchnorm", help="DP: replace BatchNorm by GroupNorm."),
+    defense: str = typer.Option(None, "--defense",
+                                help="Train with a defense: pgd-at (Madry et al. 2018), fast-at (Wong et al. "
+                                     "2020), trades (Zhang et al. 2019) or distillation (Papernot et al. 2016)."),
+    def_eps: float = typer.Option(None, "--eps", help="Adversarial training: Linf budget (default 0.3)."),
+    defense_arg: list[str] = typer.Option(None, "--defense-arg",
+                                          help="Defense parameter key=value (repeatable), e.g. steps=10, "
+                                               "beta=6, temperature=100."),
     threads: int = THREADS_OPTION,
     quiet: bool = QUIET_OPTION,
     wide: bool = WIDE_OPTION,
@@ -83,12 +92,27 @@ def train_cmd(
     check_float(target_acc, "--target-acc", low=0.0, high=1.0)
     check_common(seed, device, root)
     check_out_file(out, "--out", (".st", ".safetensors"))
+    training_defense = None
+    if defense is not None or def_eps is not None or defense_arg:
+        if dp:
+            raise ConfigError("--defense and --dp are separate trainings; choose one")
+        if defense is None:
+            raise ConfigError("--eps and --defense-arg need --defense (pgd-at, fast-at, trades or distillation)")
+        training_defense = build_training_defense(defense, def_eps, parse_kv(defense_arg))
     setup(quiet, wide, threads)
     thr = train_threads(model, data, root, parse_kv(arg), threads, batch_size, device)
     if dp:
         _train_dp(model, data, out, epochs, batch_size, lr, optimizer, arg, root, seed, device, as_json,
                   sigma, clip, delta, dynamic, decay, target_eps, target_acc, per_layer, dp_steps,
                   accountant, fix_batchnorm, noise_seed)
+        return
+    if training_defense is not None:
+        report = train_defended_and_save(model, data, out, training_defense, epochs=epochs, batch_size=batch_size,
+                                         lr=lr, optimizer=optimizer, patience=patience, arch_args=parse_kv(arg),
+                                         root=root, seed=seed, device=device)
+        console.print(f"[green]saved[/] {out}  {report['defense']['name']}  test accuracy "
+                      f"{report['test_accuracy']:.4f}", highlight=False)
+        emit({**report, **thr}, as_json)
         return
 
     report = train_and_save(model, data, out, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -140,3 +164,88 @@ def _train_dp(model: str, data: str, out: Path, epochs: int, batch_size: int, lr
         console.print(line, highlight=False, markup=False)
     console.print(f"[green]saved[/] {out}  test accuracy {report['test_accuracy']:.4f}", highlight=False)
     emit(report, as_json)
+
+
+TRAINING_DEFENSES = ("pgd-at", "fast-at", "trades", "distillation")
+
+
+def build_training_defense(name: str, eps: float | None, params: dict[str, Any]) -> Any:
+    """The defense config (`PGDTraining`, `FastTraining`, `TRADES` or `DistillationConfig`,
+    with their papers' defaults) from --defense, --eps and --defense-arg, validated."""
+    from dataclasses import fields
+
+    from bastion.core import unknown_name
+    from bastion.training.adversarial import DEFENSES
+    from bastion.training.distillation import DistillationConfig
+
+    key = str(name).lower()
+    classes: dict[str, type] = {**DEFENSES, "distillation": DistillationConfig}
+    if key not in classes:
+        raise unknown_name("training defense", str(name), TRAINING_DEFENSES)
+    cls = classes[key]
+    valid = [f.name for f in fields(cls)]
+    if eps is not None:
+        if "eps" not in valid:
+            raise ConfigError(f"{key} has no eps budget; drop --eps (its parameters: {', '.join(valid)})")
+        check_float(eps, "--eps", low=0.0, high=1.0)
+        params = {**params, "eps": eps}
+    extra = sorted(set(params) - set(valid))
+    if extra:
+        raise ConfigError(f"training defense {key!r} has no parameter {', '.join(extra)}; valid parameters: "
+                          f"{', '.join(valid)}")
+    try:
+        cfg = cls(**params)
+    except TypeError as e:
+        raise ConfigError(f"training defense {key!r}: invalid parameters ({e})") from None
+    for f in fields(cls):
+        v, d = getattr(cfg, f.name), f.default
+        want = (bool,) if isinstance(d, bool) else (int,) if isinstance(d, int) else \
+            (int, float) if isinstance(d, float) else None
+        if want and (not isinstance(v, want) or (bool not in want and isinstance(v, bool))):
+            raise ConfigError(f"{key}: {f.name} must be {type(d).__name__}, got {v!r}")
+    cfg.validate()
+    return cfg
+
+
+def train_defended_and_save(arch: str, data: str, out: Path, defense: Any, *, epochs: int, batch_size: int,
+                            lr: float, optimizer: str, patience: int | None, arch_args: dict[str, Any],
+                            root: Path | None, seed: int, device: str) -> dict[str, Any]:
+    """Adversarial training (`adversarial_fit`) or defensive distillation
+    (`defensive_distillation`) of a fresh zoo model; the checkpoint records the defense and
+    its parameters in its `defense` metadata."""
+    import torch
+
+    from bastion.core import resolve_device
+    from bastion.data import load
+    from bastion.models import build_classifier, save_classifier
+    from bastion.training import TrainConfig
+    from bastion.training.adversarial import adversarial_fit
+    from bastion.training.distillation import DistillationConfig, defensive_distillation
+    from bastion.training.pipeline import check_finite_weights
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
+                      patience=patience)
+    cfg.validate()
+    dev = resolve_device(device)
+    train, test = load(data, "train", root=root), load(data, "test", root=root)
+    torch.manual_seed(seed)
+    clf = build_classifier(arch, train.input_spec(), train.num_classes, arch_args, device=dev)
+
+    def on_epoch(r: dict[str, Any]) -> None:
+        console.print(f"epoch {r['epoch']}: loss {r['loss']:.4f}  train {r['train_accuracy']:.4f}"
+                      f"  test {r.get('test_accuracy', float('nan')):.4f}", highlight=False)
+
+    if isinstance(defense, DistillationConfig):
+        teacher = build_classifier(arch, train.input_spec(), train.num_classes, arch_args, device=dev,
+                                   name=f"{arch}-teacher")
+        res = defensive_distillation(teacher, clf, train, test, defense, cfg, on_epoch=on_epoch)
+        extra = {"teacher_test_accuracy": res.teacher_test_accuracy}
+    else:
+        res = adversarial_fit(clf, train, test, defense, cfg, on_epoch=on_epoch)
+        extra = {}
+    check_finite_weights(clf)
+    save_classifier(out, clf, dataset=data, seed=seed, class_names=train.class_names, **res.metadata(), **extra)
+    return {"checkpoint": str(out), "model": arch, "data": data, "defense": res.defense,
+            "test_accuracy": res.test_accuracy, "train_accuracy": res.train_accuracy,
+            "epochs_run": len(res.history), "history": res.history, "wall_time_s": res.wall_time,
+            "seed": seed, "device": str(dev), **extra}

@@ -27,6 +27,7 @@ from bastion.core import CheckpointError, Classifier, ConfigError, InputSpec
 from bastion.models import zoo
 
 FORMAT_VERSION = 1
+DEFENSE_PREFIX = "defense."  # extra tensors of a defended model (not the base weights)
 MAX_INPUT_NUMEL = 2**24  # values per example (a 4096 x 4096 image)
 
 
@@ -130,10 +131,22 @@ def save_classifier(path: str | Path, clf: Classifier, **meta: Any) -> Path:
     point that rebuilds it: `entry_point='my_pkg.models:build'` (with `entry_args={...}`,
     its keyword arguments), else the one it was loaded from, else its class when that is
     importable and takes no arguments. The entry point is built once (on the meta device)
-    to check it gives this exact layout; otherwise a ConfigError says what to pass."""
+    to check it gives this exact layout; otherwise a ConfigError says what to pass.
+
+    A defended model (`Preprocessed`, `Detected`) is saved as its base model plus the
+    defense (`bastion.defenses.saved.save_defended`). `extra_tensors={...}` stores more
+    tensors next to the weights (names starting with
+    'defense.': a defended model's detector, see `bastion.defenses.saved`)."""
     from safetensors.torch import save_file
 
+    from bastion.defenses.saved import is_defended, save_defended
+
+    if is_defended(clf):  # a Preprocessed / Detected model: base weights + its defense record
+        return save_defended(path, clf, **meta)
     path = Path(path)
+    extra = meta.pop("extra_tensors", None) or {}
+    if any(not k.startswith(DEFENSE_PREFIX) for k in extra):
+        raise ConfigError(f"extra tensors must be named {DEFENSE_PREFIX}*, got {sorted(extra)}"[:300])
     entry = meta.pop("entry_point", None)
     entry_args = meta.pop("entry_args", None)
     if "arch" in clf.meta and entry is None:
@@ -146,6 +159,7 @@ def save_classifier(path: str | Path, clf: Classifier, **meta: Any) -> Path:
               "versions": library_versions(), **{k: v for k, v in clf.meta.items() if k not in skip},
               **meta}
     state = {k: v.detach().cpu().contiguous() for k, v in clf.module.state_dict().items()}
+    state.update({k: v.detach().cpu().contiguous() for k, v in extra.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -238,7 +252,10 @@ def _check_finite(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 def load_classifier(path: str | Path, device: str | torch.device | None = "auto") -> Classifier:
-    """Rebuild the zoo architecture named in the metadata and load the weights."""
+    """Rebuild the zoo architecture named in the metadata and load the weights. A defended
+    checkpoint (metadata `defended`, written by `bastion defend` or
+    `bastion.defenses.saved.save_defended`) loads as the defended model: `Preprocessed` or
+    `Detected` around the base model."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -253,14 +270,23 @@ def load_classifier(path: str | Path, device: str | torch.device | None = "auto"
         else:
             clf = _build_entry(path, arch, args, spec, n_cls, name)
         state = load_file(str(path))
+        extra = {}
+        if "defended" in meta:
+            extra = {k: state.pop(k) for k in list(state) if k.startswith(DEFENSE_PREFIX)}
         clf.module.load_state_dict(state, strict=True)
     except CheckpointError:
         raise
     except (KeyError, RuntimeError, ConfigError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: weights do not match the recorded architecture ({e})"[:500]) from e
     _check_finite(path, state)
+    _check_finite(path, extra)
     clf.meta.update({k: v for k, v in meta.items() if k not in ("arch_args", "entry_args")})
-    return clf.to(dev)
+    clf = clf.to(dev)
+    if "defended" in meta:
+        from bastion.defenses.saved import wrap_defended
+
+        return wrap_defended(clf, meta["defended"], extra, path)
+    return clf
 
 
 def _build_entry(path: Path, entry: str, args: dict[str, Any], spec: InputSpec, n_cls: int,
