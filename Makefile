@@ -24,9 +24,10 @@ $(DEMO_MODEL): | $(STAMP)
 demo: $(STAMP) $(DEMO_MODEL)
 	$(BIN)/bastion audit --model $(DEMO_MODEL) --data mnist-5k --config configs/demo.yaml --out runs/demo
 
-# The full run takes minutes: -v names each test as it runs, --durations lists the slowest.
+# The full run takes minutes: one worker per core (files kept whole, so module fixtures are
+# built once), -v names each test as it runs, --durations lists the slowest.
 test: $(STAMP)
-	$(BIN)/python -m pytest -v --durations=15 -m "not crosscheck"
+	$(BIN)/python -m pytest -v -n auto --dist loadfile --durations=15 -m "not crosscheck"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=10 -m "not crosscheck and not slow"

@@ -3,6 +3,7 @@ so the suite trains each small model once per machine, not once per test."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -41,6 +42,16 @@ def _train_cached(arch: str, data: str = "mnist-5k", epochs: int = 3, batch_size
     path = CACHE / f"{arch}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.st"
     if path.exists():
         return load_classifier(path, device="cpu")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:  # parallel test workers train each model once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            _train_to(path, arch, data, epochs, batch_size, seed, n_train, normalize, arch_args)
+    return load_classifier(path, device="cpu")
+
+
+def _train_to(path: Path, arch: str, data: str, epochs: int, batch_size: int, seed: int, n_train: int | None,
+              normalize: bool, arch_args: dict[str, Any]) -> None:
     train, test = load(data, "train"), load(data, "test")
     if n_train is not None:
         train = train.take(n_train)
@@ -49,7 +60,6 @@ def _train_cached(arch: str, data: str = "mnist-5k", epochs: int = 3, batch_size
     clf = build_classifier(arch, spec, train.num_classes, arch_args, device="cpu")
     res = fit(clf, train, test, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, progress=False))
     save_classifier(path, clf, dataset=data, test_accuracy=res.test_accuracy, seed=seed)
-    return load_classifier(path, device="cpu")
 
 
 @pytest.fixture(scope="session")
