@@ -15,6 +15,10 @@ correctly classified test images, same seed, on CPU (and CUDA when available):
             i.e. the same query budget; examples per second and median L2.
 * ensemble: the worst-case ensemble ('autoattack') vs torchattacks' AutoAttack
             (standard, Linf): robust accuracy and time.
+* autoattack: the ensemble at its defaults (the paper's: APGD-CE and APGD-T with 100 steps,
+            9 target classes, Square with 5,000 queries) vs torchattacks' AutoAttack
+            'standard' on the same images at several Linf budgets, back to back with the
+            order alternating between rounds: time ratio and robust accuracies.
 * memory:   extra resident memory of PGD-5 and HopSkipJump (1 iteration) while attacking
             1x, 4x and 16x the examples (batch size 100), each in a fresh process.
 * gpu:      CUDA only (`--device cuda`; skipped with a message otherwise): PGD-10 Linf on
@@ -420,6 +424,69 @@ def bench_ensemble(model: Any, x: torch.Tensor, y: torch.Tensor, eps: float) -> 
     return out
 
 
+def bench_autoattack(model: Any, x: torch.Tensor, y: torch.Tensor, epsilons: list[float],
+                     repeats: int) -> dict[str, Any]:
+    """Bastion's 'autoattack' with its defaults against torchattacks' AutoAttack 'standard'
+    (APGD-CE, APGD-T, FAB-T at torchattacks' default of 10 steps, Square with 5,000
+    queries), same model and images, for each Linf eps. Each round runs both back to back;
+    the order alternates between rounds so load drift on a shared machine hits both alike.
+    Robust accuracy is judged by one plain forward pass on each returned batch."""
+    from bastion.attacks import create
+
+    dev = x.device
+    try:
+        import torchattacks
+    except ImportError:
+        torchattacks = None
+    out: dict[str, Any] = {"n": int(x.shape[0]), "norm": "linf", "repeats": repeats,
+                           "bastion_params": {"steps": 100, "n_target_classes": 9,
+                                              "square_queries": 5000, "restarts": 1},
+                           "torchattacks_params": None if torchattacks is None else {
+                               "version": "standard", "steps": 10, "square_queries": 5000},
+                           "cases": {}}
+
+    def robust(xa: torch.Tensor) -> float:
+        return float((model.predict(xa) == y).float().mean())
+
+    for eps in epsilons:
+        runs: dict[str, Callable[[], Any]] = {
+            "bastion": lambda e=eps: create("autoattack", eps=e)(model, x, y)}
+        if torchattacks is not None:
+            runs["torchattacks"] = lambda e=eps: torchattacks.AutoAttack(
+                model, norm="Linf", eps=e, version="standard", n_classes=10, seed=0)(x, y)
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        cpu: dict[str, list[float]] = {k: [] for k in runs}
+        rob: dict[str, float] = {}
+        after: dict[str, Any] = {}
+        keys = list(runs)
+        for r in range(repeats):
+            for k in keys if r % 2 == 0 else keys[::-1]:
+                t, c, res = timeit2(runs[k], dev)
+                times[k].append(t)
+                cpu[k].append(c)
+                rob[k] = robust(res.x_adv if k == "bastion" else res)
+                if k == "bastion":
+                    after = res.extras.get("robust_after", {})
+                print(f"  eps {eps:g} [{r + 1}/{repeats}] {k:12s} {t:8.2f} s wall {c:8.2f} s cpu "
+                      f"robust {rob[k]:.3f}", flush=True)
+        case: dict[str, Any] = {
+            k: {"times_s": times[k], "min_s": min(times[k]), "median_s": statistics.median(times[k]),
+                "cpu_s": cpu[k], "cpu_min_s": min(cpu[k]), "robust_accuracy": rob[k]}
+            for k in runs}
+        case["bastion"]["robust_after"] = after
+        if "torchattacks" in runs:
+            b, t = case["bastion"], case["torchattacks"]
+            case["time_ratio_min"] = b["min_s"] / t["min_s"]
+            case["time_ratio_median"] = b["median_s"] / t["median_s"]
+            case["cpu_time_ratio_min"] = b["cpu_min_s"] / t["cpu_min_s"]
+            case["robust_accuracy_gap_points"] = 100 * (b["robust_accuracy"] - t["robust_accuracy"])
+            print(f"  eps {eps:g}: time bastion/torchattacks x{case['time_ratio_min']:.2f} (min) "
+                  f"x{case['time_ratio_median']:.2f} (median); robust accuracy bastion "
+                  f"{b['robust_accuracy']:.3f} torchattacks {t['robust_accuracy']:.3f}", flush=True)
+        out["cases"][f"{eps:g}"] = case
+    return out
+
+
 # --------------------------------------------------------------------------- GPU fast path
 
 def bench_gpu(device: str, repeats: int, batches: int, batch: int = 256, steps: int = 10
@@ -571,7 +638,7 @@ def bench_memory(device: str, threads: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- main
 
-SECTIONS = ("pgd", "paired", "cw", "hsj", "ensemble", "memory", "gpu")
+SECTIONS = ("pgd", "paired", "cw", "hsj", "ensemble", "autoattack", "memory", "gpu")
 
 
 def main() -> None:
@@ -584,13 +651,17 @@ def main() -> None:
     ap.add_argument("--hsj-iters", type=int, default=10)
     ap.add_argument("--n-ensemble", type=int, default=100)
     ap.add_argument("--ensemble-eps", type=float, default=0.1)
+    ap.add_argument("--n-autoattack", type=int, default=200)
+    ap.add_argument("--autoattack-eps", default="0.1,0.2", help="comma-separated Linf budgets")
+    ap.add_argument("--autoattack-repeats", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: keep default)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--gpu-batches", type=int, default=8,
                     help="batches of 256 per call in the GPU section")
-    ap.add_argument("--only", default="pgd,paired,cw,hsj,ensemble,memory,gpu",
-                    help="comma-separated sections: pgd, paired, cw, hsj, ensemble, memory, gpu")
+    ap.add_argument("--only", default="pgd,paired,cw,hsj,ensemble,autoattack,memory,gpu",
+                    help="comma-separated sections: pgd, paired, cw, hsj, ensemble, autoattack, "
+                         "memory, gpu")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "evasion.json"))
     ap.add_argument("--memory-probe", nargs=2, metavar=("KIND", "N"))
     args = ap.parse_args()
@@ -653,6 +724,13 @@ def main() -> None:
         print("Worst-case ensemble vs torchattacks AutoAttack", flush=True)
         x, y = images(model, args.n_ensemble)
         result["ensemble"] = bench_ensemble(model, x, y, args.ensemble_eps)
+    if "autoattack" in only:
+        print(f"AutoAttack at its defaults vs torchattacks AutoAttack standard "
+              f"({args.n_autoattack} images)", flush=True)
+        x, y = images(model, args.n_autoattack)
+        result["autoattack"] = bench_autoattack(
+            model, x, y, [float(e) for e in args.autoattack_eps.split(",")],
+            args.autoattack_repeats)
     if "memory" in only:
         print("Memory vs number of examples", flush=True)
         result["memory"] = bench_memory(device, torch.get_num_threads())

@@ -10,14 +10,20 @@ p_j+1 = p_j + max(p_j - p_j-1 - 0.03, 0.06), eta is halved and the iterate resta
 the best point found so far when (1) the loss increased in fewer than rho = 75% of the
 steps since the last checkpoint, or (2) eta was not reduced at the last checkpoint and
 the best loss has not improved since. Each example keeps its first successful iterate
-(else its highest-loss iterate).
+(else its highest-loss iterate); since later iterations cannot change that, an example
+leaves the batch at its first success (the others' trajectories are per example and do not
+change).
 
 Losses: cross-entropy ('ce') or the Difference of Logits Ratio ('dlr', shift and scale
 invariant): -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3); targeted DLR:
 -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), with z_pi sorted decreasingly.
 APGD-T runs the targeted DLR loss against each of the `n_target_classes` (9) most likely
-other classes in turn, each only on the points still robust (AutoAttack's standard
-setting). Defaults: 100 iterations, 1 restart, eps 0.3 (Linf) / 2.0 (L2) when None.
+other classes, and a point counts as broken once any of these runs misclassifies it
+(AutoAttack's standard setting, which runs the classes in turn on the points still robust).
+The runs are batched: one APGD run over examples x target classes, where an example's rows
+all stop at its first misclassification, which breaks the same points as the sequential
+loop in one pass of `steps` iterations. Defaults: 100 iterations, 1 restart, eps 0.3
+(Linf) / 2.0 (L2) when None.
 """
 
 from __future__ import annotations
@@ -170,63 +176,105 @@ class APGD(Attack):
         return loss.detach(), g, logits.detach()
 
     def attack_single_run(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
-                          t: torch.Tensor | None, gen: torch.Generator
+                          t: torch.Tensor | None, gen: torch.Generator,
+                          group: torch.Tensor | None = None, untargeted_success: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One APGD run on a batch: returns (x_adv, success, queries per example)."""
+        """One APGD run on a batch of rows: returns (x_adv, success, queries per row).
+
+        A row stops as soon as it succeeds: its first successful iterate is final, so the
+        remaining iterations could not change its result, and it is dropped from the batch
+        (with `group`, a row id per row, every row of a group stops once one of them
+        succeeds: the rows of APGD-T's target classes for one example). The other rows'
+        trajectories are unchanged, since every operation is per row. Success is the
+        target label when `t` is given, else (or with `untargeted_success`, AutoAttack's
+        criterion for APGD-T) any label but `y`. Queries count the gradient evaluations
+        each row took (n_iter + 1 for a row that never succeeds)."""
         norm = parse_norm(self.norm)
         lo, hi = model.spec.bounds
         eps = self.budget(model.spec.value_range)
         n_iter = self.steps
+        n = x.shape[0]
         shape = _bshape(x)
-        targeted = t is not None
+        dev = x.device
+        check_target = t is not None and not untargeted_success
 
-        def proj(z: torch.Tensor) -> torch.Tensor:
+        def proj(z: torch.Tensor, x0: torch.Tensor, b_lo: torch.Tensor, b_hi: torch.Tensor
+                 ) -> torch.Tensor:
             if norm == "linf":
-                return torch.clamp(z, box_lo, box_hi)
-            return (x + project(z - x, "l2", eps)).clamp(lo, hi)
+                return torch.clamp(z, b_lo, b_hi)
+            return (x0 + project(z - x0, "l2", eps)).clamp(lo, hi)
 
         def direction(g: torch.Tensor) -> torch.Tensor:
             return g.sign() if norm == "linf" else g / flat_norm(g, 2).clamp_min(1e-12)
 
-        def success(logits: torch.Tensor) -> torch.Tensor:
-            p = logits.argmax(-1)
-            return p == t if targeted else p != y
+        x_out = x.clone()
+        ok_out = torch.zeros(n, dtype=torch.bool, device=dev)
+        q_out = torch.full((n,), float(n_iter + 1), device=dev)
 
-        box_lo, box_hi = (x - eps).clamp(lo, hi), (x + eps).clamp(lo, hi)
+        # per-row state of the rows still running; `act` maps them to the input rows
+        act = torch.arange(n, device=dev)
+        x0, yy, tt = x, y, t
+        grp = group
+        n_groups = 0 if group is None else int(group.max()) + 1
+        b_lo, b_hi = (x - eps).clamp(lo, hi), (x + eps).clamp(lo, hi)
         x_adv = random_start(x, norm, eps, gen, lo, hi)
         loss, grad, logits = self._loss_grad(model, x_adv, y, t)
-        ok = success(logits)
-        x_best_adv = torch.where(ok.view(shape), x_adv, x)
         x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
-        history = torch.empty(n_iter + 1, x.shape[0], device=x.device)
+        history = torch.empty(n_iter + 1, n, device=dev)
         history[0] = loss
-
-        step = torch.full(shape, 2.0 * eps, device=x.device)
+        step = torch.full(shape, 2.0 * eps, device=dev)
         x_old = x_adv.clone()
         checks = set(checkpoints(n_iter))
         last_w = 0
         loss_best_last = loss_best.clone()
-        reduced_last = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        reduced_last = torch.ones(n, dtype=torch.bool, device=dev)
 
-        for i in range(n_iter):
+        for i in range(n_iter + 1):
             with torch.no_grad():
-                a = self.momentum if i > 0 else 1.0
-                z = proj(torch.addcmul(x_adv, step, direction(grad)))
-                # x_adv + a (z - x_adv) + (1 - a) (x_adv - x_old), in three kernels
-                x_new = proj(torch.lerp(x_adv, z, a).add_(x_adv - x_old, alpha=1 - a))
-                x_old, x_adv = x_adv, x_new
-            loss, grad, logits = self._loss_grad(model, x_adv, y, t)
+                if i > 0:
+                    a = self.momentum if i > 1 else 1.0
+                    z = proj(torch.addcmul(x_adv, step, direction(grad)), x0, b_lo, b_hi)
+                    # x_adv + a (z - x_adv) + (1 - a) (x_adv - x_old), in three kernels
+                    x_new = proj(torch.lerp(x_adv, z, a).add_(x_adv - x_old, alpha=1 - a),
+                                 x0, b_lo, b_hi)
+                    x_old, x_adv = x_adv, x_new
+            if i > 0:
+                loss, grad, logits = self._loss_grad(model, x_adv, yy, tt)
             with torch.no_grad():
-                now_ok = success(logits)
-                x_best_adv = torch.where((now_ok & ~ok).view(shape), x_adv, x_best_adv)
-                ok = ok | now_ok
-                history[i + 1] = loss
-                better = loss > loss_best
-                bv = better.view(shape)
-                torch.where(bv, x_adv, x_best, out=x_best)
-                torch.where(bv, grad, grad_best, out=grad_best)
-                loss_best = torch.where(better, loss, loss_best)
-                w = i + 1
+                p = logits.argmax(-1)
+                ok = p == tt if check_target else p != yy
+                if i > 0:
+                    history[i] = loss
+                    better = loss > loss_best
+                    bv = better.view(_bshape(x_adv))
+                    torch.where(bv, x_adv, x_best, out=x_best)
+                    torch.where(bv, grad, grad_best, out=grad_best)
+                    loss_best = torch.where(better, loss, loss_best)
+                if bool(ok.any()):
+                    # rows done: this iterate is their result; drop them (and their group)
+                    rows = act[ok]
+                    x_out[rows] = x_adv[ok]
+                    ok_out[rows] = True
+                    if grp is None:
+                        stop = ok
+                    else:
+                        hit = torch.zeros(n_groups, dtype=torch.bool, device=dev)
+                        hit[grp[ok]] = True
+                        stop = hit[grp]
+                    q_out[act[stop]] = float(i + 1)
+                    keep = ~stop
+                    if not bool(keep.any()):
+                        return x_out, ok_out, q_out
+                    act, x0, yy = act[keep], x0[keep], yy[keep]
+                    tt = None if tt is None else tt[keep]
+                    grp = None if grp is None else grp[keep]
+                    b_lo, b_hi = b_lo[keep], b_hi[keep]
+                    x_adv, x_old, grad = x_adv[keep], x_old[keep], grad[keep]
+                    x_best, grad_best = x_best[keep], grad_best[keep]
+                    loss_best, loss_best_last = loss_best[keep], loss_best_last[keep]
+                    reduced_last, step = reduced_last[keep], step[keep]
+                    history = history[:, keep]
+                w = i
                 if w in checks:
                     k = w - last_w
                     inc = (history[last_w + 1:w + 1] > history[last_w:w]).sum(0)
@@ -235,14 +283,14 @@ class APGD(Attack):
                     cond = osc | no_impr
                     reduced_last = cond
                     loss_best_last = loss_best.clone()
-                    cv = cond.view(shape)
+                    cv = cond.view(_bshape(x_adv))
                     step = torch.where(cv, step / 2.0, step)
                     x_adv = torch.where(cv, x_best, x_adv)
                     grad = torch.where(cv, grad_best, grad)
                     last_w = w
-        x_out = torch.where(ok.view(shape), x_best_adv, x_best)
-        queries = torch.full((x.shape[0],), float(n_iter + 1), device=x.device)
-        return x_out, ok, queries
+        # the rows that never succeeded return their highest-loss iterate
+        x_out[act] = x_best
+        return x_out, ok_out, q_out
 
 
 @register
@@ -269,28 +317,49 @@ class APGDT(APGD):
         check_budget(self.name, parse_norm(self.norm), self.budget(model.spec.value_range), model)
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         n_t = min(self.n_target_classes, model.num_classes - 1)
+        with torch.no_grad():
+            logits = torch.cat([model(x[i:i + self.batch_size])
+                                for i in range(0, x.shape[0], self.batch_size)])
+        # the targets: the n_t most likely classes after the top one, most likely first
+        targets = logits.argsort(dim=1, descending=True)[:, 1:n_t + 1]
+        done = logits.argmax(-1) != y
         x_adv = x.clone()
-        queries = torch.zeros(x.shape[0], device=x.device)
-        for i in range(0, x.shape[0], self.batch_size):
-            sl = slice(i, i + self.batch_size)
-            xb, yb = x[sl], y[sl]
-            with torch.no_grad():
-                logits = model(xb)
-            order = logits.argsort(dim=1)
-            done = logits.argmax(-1) != yb
-            xo = xb.clone()
-            q = torch.ones(xb.shape[0], device=x.device)
-            for tc in range(2, n_t + 2):
-                for _ in range(self.restarts):
-                    idx = torch.nonzero(~done).flatten()
-                    if idx.numel() == 0:
-                        break
-                    t = order[idx, -tc]
-                    xa, _, qq = self.attack_single_run(model, xb[idx], yb[idx], t, gen)
-                    with torch.no_grad():
-                        fooled = model(xa).argmax(-1) != yb[idx]
-                    xo[idx] = torch.where(fooled.view(_bshape(xa)), xa, xo[idx])
-                    q[idx] += qq + 1
-                    done[idx] = fooled
-            x_adv[sl], queries[sl] = xo, q
+        queries = torch.ones(x.shape[0], device=x.device)
+        for _ in range(self.restarts):
+            idx = torch.nonzero(~done).flatten()
+            if idx.numel() == 0:
+                break
+            # balanced chunks of at most batch_size rows (one row per example and target)
+            per = max(1, self.batch_size // n_t)
+            n_chunks = -(-idx.numel() // per)
+            for chunk in idx.tensor_split(n_chunks):
+                xa, ok, q = self._targets_batched(model, x[chunk], y[chunk], targets[chunk], gen)
+                x_adv[chunk[ok]] = xa[ok]
+                queries[chunk] += q
+                done[chunk] = ok
         return RunOutput(x_adv, queries)
+
+    def _targets_batched(self, model: Classifier, x: torch.Tensor, y: torch.Tensor,
+                         targets: torch.Tensor, gen: torch.Generator
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """APGD-T against all target classes of a chunk in one batch of examples x targets.
+
+        AutoAttack runs the target classes one after the other, each on the points still
+        robust. Here every (example, target) pair is a row of one APGD run and an example's
+        rows stop as soon as one of them misclassifies it, so the set of points broken is
+        the sequential one (each pair is an independent APGD run), in one loop of `steps`
+        iterations instead of n_t. Returns per example (x_adv, fooled, gradient evaluations);
+        the adversarial input of an example fooled by several targets at the same iteration
+        is the one of the most likely target."""
+        m, n_t = targets.shape
+        rows_x = x.repeat_interleave(n_t, dim=0)
+        rows_y = y.repeat_interleave(n_t)
+        group = torch.arange(m, device=x.device).repeat_interleave(n_t)
+        xa, ok, q = self.attack_single_run(model, rows_x, rows_y, targets.flatten(), gen,
+                                           group=group, untargeted_success=True)
+        ok = ok.view(m, n_t)
+        first = ok.float().argmax(1)  # the first (most likely) successful target per example
+        pick = torch.arange(m, device=x.device) * n_t + first
+        fooled = ok.any(1)
+        x_out = torch.where(fooled.view(_bshape(x)), xa[pick], x)
+        return x_out, fooled, q.view(m, n_t).sum(1)

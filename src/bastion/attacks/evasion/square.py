@@ -77,6 +77,32 @@ def _window(n: int, h: int, w: int, s: int, top: torch.Tensor, left: torch.Tenso
     return (rm[:, :, None] & cm[:, None, :]).unsqueeze(1)
 
 
+# Redraws of a proposal that would not change the current point. The first redraw moves
+# to another sign pattern, which changes the window whenever +eps and -eps give values
+# more than 1e-7 apart; the bound only guards a degenerate budget below that resolution.
+_MAX_REDRAWS = 64
+
+
+class _Windows:
+    """`_window` by table lookup: per side s, the [h - s + 1, h] row masks and the
+    [w - s + 1, w] column masks, indexed by the per-example positions (three kernels
+    instead of a dozen per iteration)."""
+
+    def __init__(self, h: int, w: int, device: torch.device) -> None:
+        self.h, self.w, self.device = h, w, device
+        self._tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, s: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+        if s not in self._tables:
+            def table(size: int) -> torch.Tensor:
+                pos = torch.arange(size - s + 1, device=self.device)[:, None]
+                idx = torch.arange(size, device=self.device)[None]
+                return (idx >= pos) & (idx < pos + s)
+            self._tables[s] = (table(self.h), table(self.w))
+        rt, ct = self._tables[s]
+        return (rt[top][:, :, None] & ct[left][:, None, :]).unsqueeze(1)
+
+
 @register
 @dataclass
 class Square(Attack):
@@ -127,6 +153,16 @@ class Square(Attack):
     def _sign(self, shape: tuple[int, ...], gen: torch.Generator, dev: torch.device) -> torch.Tensor:
         return (torch.randint(0, 2, shape, generator=gen).to(dev) * 2 - 1).float()
 
+    def _flip(self, m: int, c: int, gen: torch.Generator, dev: torch.device) -> torch.Tensor:
+        """Per example, -1/+1 factors [m, c, 1, 1] that flip a uniformly drawn non-empty set
+        of channels. Applied to a sign pattern that leaves the window unchanged (there is
+        at most one such pattern, since +eps and -eps give different values), this draws
+        uniformly among the other 2^c - 1 patterns: the distribution of redrawing until the
+        window changes, in one draw."""
+        mask = torch.randint(1, 2 ** c, (m,), generator=gen).to(dev)
+        bits = (mask[:, None] >> torch.arange(c, device=dev)[None]) & 1
+        return (1 - 2 * bits).to(torch.float32).view(m, c, 1, 1)
+
     def _linf(self, model: Classifier, x: torch.Tensor, labels: torch.Tensor, targeted: bool,
               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = model.spec.bounds
@@ -138,34 +174,46 @@ class Square(Attack):
             loss = margin_loss(model(best), labels, targeted)
         queries = torch.ones(n, device=dev)
         n_iters = self.max_queries - 1
-        for it in range(n_iters):
-            idx = (loss > 0).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            m = idx.numel()
-            xc, bc = x[idx], best[idx]
-            delta = bc - xc
-            p = p_schedule(self.p_init, it, n_iters)
-            s = min(max(round(math.sqrt(p * h * w)), 1), h - 1)
-            top = torch.randint(0, h - s + 1, (m,), generator=gen).to(dev)
-            left = torch.randint(0, w - s + 1, (m,), generator=gen).to(dev)
-            win = _window(m, h, w, s, top, left)
-            new = eps * self._sign((m, c, 1, 1), gen, dev)
-            # resample a window whose proposal would not change the current point
-            for _ in range(4):
-                cand = torch.where(win, new, delta)
-                same = ((xc + cand).clamp(lo, hi) - bc).abs().lt(1e-7).flatten(1).all(1)
-                if not bool(same.any()):
-                    break
-                new[same] = eps * self._sign((int(same.sum()), c, 1, 1), gen, dev)
-            cand = torch.where(win, new, delta)
-            xn = (xc + cand).clamp(lo, hi)
-            with torch.no_grad():
-                ln = margin_loss(model(xn), labels[idx], targeted)
-            queries[idx] += 1
-            better = ln < loss[idx]
-            loss[idx] = torch.where(better, ln, loss[idx])
-            best[idx[better]] = xn[better]
+        # the examples still above zero margin, kept gathered: they leave when fooled
+        act = torch.nonzero(loss > 0).flatten()
+        xa, ba, la, lab = x[act], best[act], loss[act], labels[act]
+        windows = _Windows(h, w, dev)
+        it = 0
+        with torch.no_grad():
+            while it < n_iters and act.numel() > 0:
+                m = act.numel()
+                p = p_schedule(self.p_init, it, n_iters)
+                s = min(max(round(math.sqrt(p * h * w)), 1), h - 1)
+                top = torch.randint(0, h - s + 1, (m,), generator=gen).to(dev)
+                left = torch.randint(0, w - s + 1, (m,), generator=gen).to(dev)
+                win = windows(s, top, left)
+                new = eps * self._sign((m, c, 1, 1), gen, dev)
+                # the window set to +-eps per channel; a proposal that leaves the current
+                # point unchanged is redrawn (the authors' code loops until it changes)
+                prop = (xa + new).clamp(lo, hi)
+                same = ~((prop - ba).abs().ge(1e-7) & win).flatten(1).any(1)
+                for _ in range(_MAX_REDRAWS):
+                    if not bool(same.any()):
+                        break
+                    r = torch.nonzero(same).flatten()
+                    new_r = new[r] * self._flip(r.numel(), c, gen, dev)
+                    new[r] = new_r
+                    prop_r = (xa[r] + new_r).clamp(lo, hi)
+                    prop[r] = prop_r
+                    same[r] = ~((prop_r - ba[r]).abs().ge(1e-7) & win[r]).flatten(1).any(1)
+                xn = torch.where(win, prop, ba)
+                ln = margin_loss(model(xn), lab, targeted)
+                better = ln < la
+                la = torch.where(better, ln, la)
+                ba = torch.where(better.view(-1, 1, 1, 1), xn, ba)
+                it += 1
+                fooled = la <= 0
+                if bool(fooled.any()):
+                    rows = act[fooled]
+                    best[rows], queries[rows] = ba[fooled], float(1 + it)
+                    keep = ~fooled
+                    act, xa, ba, la, lab = act[keep], xa[keep], ba[keep], la[keep], lab[keep]
+        best[act], queries[act] = ba, float(1 + it)
         return best, queries
 
     def _l2(self, model: Classifier, x: torch.Tensor, labels: torch.Tensor, targeted: bool,
