@@ -63,16 +63,19 @@ def test_real_audit_and_comparison_in_chromium(small_model, tmp_path: Path) -> N
     _check_layout(load_page(CHROMIUM, cmp, WIDTH, HEIGHT), expect_images=0)
 
 
-def refresh_screenshot(out: Path) -> None:
-    """Write the README's screenshot: the synthetic report's first screen at 1280x800."""
+def refresh_screenshot(out: Path, report: Path | None = None) -> None:
+    """Write the README's screenshot: the first screen at 1280x800 of `report` (the docs use
+    `make demo`'s runs/demo/report.html), else of the synthetic report."""
     import tempfile
 
     if CHROMIUM is None:
         raise SystemExit("no Chromium-family browser on PATH")
-    results, sections = synthetic_audit()
     with tempfile.TemporaryDirectory() as d:
-        page = Path(d) / "report.html"
-        page.write_text(render(results, sections))
+        page = report
+        if page is None:
+            results, sections = synthetic_audit()
+            page = Path(d) / "report.html"
+            page.write_text(render(results, sections))
         probe = load_page(CHROMIUM, page, WIDTH, HEIGHT)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(probe.screenshot)
@@ -80,4 +83,6 @@ def refresh_screenshot(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    refresh_screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/img/report.png"))
+    # python tests/test_report_browser.py docs/img/report.png runs/demo/report.html
+    refresh_screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/img/report.png"),
+                       Path(sys.argv[2]) if len(sys.argv) > 2 else None)
