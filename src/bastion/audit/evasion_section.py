@@ -453,8 +453,9 @@ def _score(out: SectionOutput, ctx: AuditContext, th: Any, worst_rows: list[dict
     note = ""
     if th.evasion_budget is None:
         note = f"headline budget: {norm} eps {eps:g} (the default rule; set thresholds.evasion_budget to change it)"
+    k = len(row["attacks"])
     out.scorecard.append(ScoreRow(
-        threat="evasion", metric=f"robust accuracy (worst case over {len(row['attacks'])} attack(s)), "
+        threat="evasion", metric=f"robust accuracy (worst case over {k} attack{'' if k == 1 else 's'}), "
                                  f"{NORM_WORDS[norm]} eps {eps:g}",
         value=value, verdict=verdict, meaning=meaning, ci=ci, threshold=th.evasion_robust_accuracy,
         higher_is_better=True, section=name, note=note))
