@@ -175,6 +175,7 @@ def build_training_defense(name: str, eps: float | None, params: dict[str, Any])
     from dataclasses import fields
 
     from bastion.core import unknown_name
+    from bastion.params import build
     from bastion.training.adversarial import DEFENSES
     from bastion.training.distillation import DistillationConfig
 
@@ -189,14 +190,7 @@ def build_training_defense(name: str, eps: float | None, params: dict[str, Any])
             raise ConfigError(f"{key} has no eps budget; drop --eps (its parameters: {', '.join(valid)})")
         check_float(eps, "--eps", low=0.0, high=1.0)
         params = {**params, "eps": eps}
-    extra = sorted(set(params) - set(valid))
-    if extra:
-        raise ConfigError(f"training defense {key!r} has no parameter {', '.join(extra)}; valid parameters: "
-                          f"{', '.join(valid)}")
-    try:
-        cfg = cls(**params)
-    except TypeError as e:
-        raise ConfigError(f"training defense {key!r}: invalid parameters ({e})") from None
+    cfg = build(cls, params, f"training defense {key!r}")
     for f in fields(cls):
         v, d = getattr(cfg, f.name), f.default
         want = (bool,) if isinstance(d, bool) else (int,) if isinstance(d, int) else \

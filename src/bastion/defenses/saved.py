@@ -28,6 +28,7 @@ import torch
 
 from bastion.core import CheckpointError, Classifier, ConfigError, require
 from bastion.data.dataset import Dataset
+from bastion.params import build
 
 PREPROCESS, DETECTOR = "preprocess", "detector"
 TENSOR_PREFIX = "defense."
@@ -103,19 +104,10 @@ def check_defense(name: str, params: dict[str, Any] | None = None) -> dict[str, 
 
     key = _detector_name(name)
     cfg_cls = DETECTORS[key][1]
-    valid = [f.name for f in fields(cfg_cls)]
-    extra = sorted(set(params) - set(valid))
-    if extra:
-        raise ConfigError(f"detector {key!r} has no parameter {', '.join(extra)}; valid parameters: "
-                          f"{', '.join(valid)}")
-    try:
-        cfg_cls(**params)
-    except TypeError as e:
-        raise ConfigError(f"detector {key!r}: invalid parameters ({e})") from None
+    cfg = build(cfg_cls, params, f"detector {key!r}")
     if key == "binary":
         from bastion.attacks import registry
 
-        cfg = cfg_cls(**params)
         registry.create(cfg.attack, **cfg.attack_params)
     return {"kind": kind, "name": key, "params": params}
 

@@ -3,7 +3,6 @@ fields of the detector's config dataclass."""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 from bastion.core import Classifier, ConfigError, unknown_name
@@ -11,6 +10,7 @@ from bastion.defenses.detect.base import Detector
 from bastion.defenses.detect.binary import BinaryConfig, BinaryDetector
 from bastion.defenses.detect.l1 import L1Config, L1Detector
 from bastion.defenses.detect.squeeze import FeatureSqueezing, SqueezeConfig
+from bastion.params import build
 
 DETECTORS: dict[str, tuple[type[Detector], type]] = {
     "feature-squeezing": (FeatureSqueezing, SqueezeConfig),
@@ -29,15 +29,7 @@ def build_detector(name: str, classifier: Classifier, **params: Any) -> Detector
     if key not in DETECTORS:
         raise unknown_name("detector", str(name), list(DETECTORS))
     cls, cfg_cls = DETECTORS[key]
-    valid = [f.name for f in fields(cfg_cls)]
-    extra = sorted(set(params) - set(valid))
-    if extra:
-        raise ConfigError(f"detector {key!r} has no parameter {', '.join(extra)}; valid "
-                          f"parameters: {', '.join(valid)}")
-    try:
-        cfg = cfg_cls(**params)
-    except TypeError as e:
-        raise ConfigError(f"detector {key!r}: invalid parameters ({e})") from None
+    cfg = build(cfg_cls, params, f"detector {key!r}")
     if not isinstance(classifier, Classifier):
         raise ConfigError(f"detector {key!r} needs a bastion Classifier, got "
                           f"{type(classifier).__name__}")

@@ -13,12 +13,13 @@ Each transform declares two facts the adaptive attacks rely on (Athalye et al. 2
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from bastion.core import ConfigError, InputSpec, require, unknown_name
+from bastion.params import check_names
 
 Bounds = tuple[float, float]
 UNIT: Bounds = (0.0, 1.0)
@@ -86,11 +87,7 @@ def get_transform(name: str, **params: Any) -> Transform:
     cls = TRANSFORMS.get(str(name).lower())
     if cls is None:
         raise unknown_name("transform", str(name), list(TRANSFORMS))
-    valid = [f.name for f in fields(cls)]
-    extra = sorted(set(params) - set(valid))
-    if extra:
-        raise ConfigError(f"transform {cls.name!r} has no parameter {', '.join(extra)}; valid "
-                          f"parameters: {', '.join(valid) or '(none)'}")
+    check_names(cls, params, f"transform {cls.name!r}")
     return cls(**params)
 
 
