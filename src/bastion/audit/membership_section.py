@@ -122,17 +122,8 @@ def run_membership_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOut
         out.notes.append(f"{a}: not estimable with {shadows} shadow model(s) (needs >= {th.lira_min_shadows}); "
                          "its Gaussian fits are unreliable, so its figures are left out. Raise shadows.")
     cols = ["attack", "auc", "advantage", "balanced_accuracy", "tpr@0.1%fpr", "tpr@1%fpr", "time_s"]
-    rows = []
-    for a, r in results.items():
-        row: list[Any] = [a]
-        for c in cols[1:]:
-            v = r.get(c)
-            if c != "time_s" and a in few_shadows:
-                v = not_estimable_text(f"{th.lira_min_shadows} shadow models")
-            elif c in MIN_NONMEMBERS and k < MIN_NONMEMBERS[c]:
-                v = not_estimable_text(f"{MIN_NONMEMBERS[c]:,} non-members")
-            row.append(v)
-        rows.append(row)
+    unsupported = not_estimable(results, shadows, k, th.lira_min_shadows)
+    rows = [[a] + [unsupported[a].get(c, r.get(c)) for c in cols[1:]] for a, r in results.items()]
     out.tables.append(ReportTable(
         "Membership inference (low-FPR)", cols, rows,
         f"{k} members and {k} non-members; TPR at an FPR needs at least 1/FPR non-members to be "
@@ -166,6 +157,26 @@ EXPOSED = 10
 
 def not_estimable_text(needs: str) -> str:
     return f"not estimable (needs >= {needs})"
+
+
+FIGURES = ("auc", "advantage", "balanced_accuracy", "tpr@0.1%fpr", "tpr@1%fpr")
+
+
+def not_estimable(results: dict[str, dict[str, Any]], shadows: int, nonmembers: int,
+                  min_shadows: int = 16) -> dict[str, dict[str, str]]:
+    """Per attack, the figures a run cannot support, each with the reason: every figure of
+    LiRA with fewer shadow models than its Gaussian fits need, and TPR at an FPR below
+    1 / (non-members scored)."""
+    out: dict[str, dict[str, str]] = {}
+    for a in results:
+        bad: dict[str, str] = {}
+        if a in LIRA and shadows < min_shadows:
+            bad = {c: not_estimable_text(f"{min_shadows} shadow models") for c in FIGURES}
+        for c, need in MIN_NONMEMBERS.items():
+            if nonmembers < need:
+                bad.setdefault(c, not_estimable_text(f"{need:,} non-members"))
+        out[a] = bad
+    return out
 
 
 def _score(out: SectionOutput, th: Any, usable: dict[str, dict[str, Any]], k: int, name: str,

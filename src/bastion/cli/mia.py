@@ -126,9 +126,12 @@ def mia_cmd(
                   f"non-members ({nonmembers}); attacker data: {mode}", highlight=False)
     rep = audit_membership(target, mem, non, cfg, cache_dir=cache,
                            log=lambda s: console.print(s, highlight=False))
-    unsupported = not_estimable(rep.results, shadows, int((~rep.labels.bool()).sum()))  # non-members scored
-    rows = [[a] + [unsupported[a].get(c, r[c]) for c in ("auc", "advantage", "balanced_accuracy", "tpr@0.1%fpr",
-                                                         "tpr@1%fpr")] for a, r in rep.results.items()]
+    from bastion.audit.config import Thresholds
+    from bastion.audit.membership_section import FIGURES, not_estimable
+
+    nonmembers = int((~rep.labels.bool()).sum())  # the non-members actually scored
+    unsupported = not_estimable(rep.results, shadows, nonmembers, Thresholds().lira_min_shadows)
+    rows = [[a] + [unsupported[a].get(c, r[c]) for c in FIGURES] for a, r in rep.results.items()]
     console.print(table("membership inference", ["attack", "AUC", "advantage", "bal. acc", "TPR@0.1%FPR",
                                                  "TPR@1%FPR"], rows))
     warnings = sorted({w for a in unsupported.values() for w in a.values()})
@@ -145,22 +148,3 @@ def mia_cmd(
         console.print(f"[green]wrote[/] {out / 'mia.json'} and {out / 'roc.png'}", highlight=False)
     emit(report, as_json)
 
-
-def not_estimable(results: dict[str, dict[str, float]], shadows: int, nonmembers: int) -> dict[str, dict[str, str]]:
-    """Per attack, the figures the run cannot support, each with the reason: LiRA with fewer
-    shadow models than its Gaussian fits need, TPR at an FPR below 1 / (non-members)."""
-    from bastion.audit.config import Thresholds
-    from bastion.audit.membership_section import LIRA, MIN_NONMEMBERS, not_estimable_text
-
-    need = Thresholds().lira_min_shadows
-    out: dict[str, dict[str, str]] = {}
-    for a in results:
-        bad: dict[str, str] = {}
-        if a in LIRA and shadows < need:
-            bad = {c: not_estimable_text(f"{need} shadow models") for c in
-                   ("auc", "advantage", "balanced_accuracy", "tpr@0.1%fpr", "tpr@1%fpr")}
-        for c, k in MIN_NONMEMBERS.items():
-            if nonmembers < k:
-                bad.setdefault(c, not_estimable_text(f"{k:,} non-members"))
-        out[a] = bad
-    return out
