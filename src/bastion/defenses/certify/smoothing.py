@@ -211,7 +211,7 @@ class SmoothedClassifier(_Wrapper):
         group = max(1, self.batch_size // block)   # inputs whose copies share one forward
         shape = tuple(x.shape[1:])
         base = self.base
-        with torch.inference_mode(), base.fast_layout():
+        with base.fast_layout(), torch.inference_mode():   # layout switch outside inference mode
             for g0 in range(0, n, group):
                 ids = range(g0, min(n, g0 + group))
                 gens = [noise_generator(dev, seed, offset + i, phase) for i in ids]
