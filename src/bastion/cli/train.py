@@ -49,7 +49,8 @@ def train_cmd(
     device: str = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
     dp: bool = typer.Option(False, "--dp", help="Train with DP-SGD (see docs/dp.md)."),
-    sigma: float = typer.Option(6.0, "--sigma", help="DP: noise multiplier (start value if dynamic)."),
+    sigma: float = typer.Option(None, "--sigma", help="DP: noise multiplier (start value if dynamic; default 6). "
+                                "gaussian-aug: noise level in input units (default 0.25)."),
     clip: float = typer.Option(4.0, "--clip", help="DP: clipping bound C (start value if decaying)."),
     delta: float = typer.Option(1e-5, "--delta", help="DP: target delta."),
     dynamic: str = typer.Option("baseline", "--dynamic",
@@ -68,8 +69,11 @@ def train_cmd(
     fix_batchnorm: bool = typer.Option(False, "--fix-batchnorm", help="DP: replace BatchNorm by GroupNorm."),
     defense: str = typer.Option(None, "--defense",
                                 help="Train with a defense: pgd-at (Madry et al. 2018), fast-at (Wong et al. "
-                                     "2020), trades (Zhang et al. 2019) or distillation (Papernot et al. 2016)."),
-    def_eps: float = typer.Option(None, "--eps", help="Adversarial training: Linf budget (default 0.3)."),
+                                     "2020), trades (Zhang et al. 2019), distillation (Papernot et al. 2016), "
+                                     "gaussian-aug (Cohen et al. 2019; with --sigma), ibp (Gowal et al. 2018) "
+                                     "or pixeldp (Lecuyer et al. 2019)."),
+    def_eps: float = typer.Option(None, "--eps", help="Adversarial / IBP training: Linf budget (default 0.3; "
+                                  "ibp 0.1)."),
     defense_arg: list[str] = typer.Option(None, "--defense-arg",
                                           help="Defense parameter key=value (repeatable), e.g. steps=10, "
                                                "beta=6, temperature=100."),
@@ -97,13 +101,19 @@ def train_cmd(
         if dp:
             raise ConfigError("--defense and --dp are separate trainings; choose one")
         if defense is None:
-            raise ConfigError("--eps and --defense-arg need --defense (pgd-at, fast-at, trades or distillation)")
-        training_defense = build_training_defense(defense, def_eps, parse_kv(defense_arg))
+            raise ConfigError("--eps and --defense-arg need --defense (pgd-at, fast-at, trades, distillation, "
+                              "gaussian-aug, ibp or pixeldp)")
+        params = parse_kv(defense_arg)
+        if sigma is not None:
+            if str(defense).lower() != "gaussian-aug":
+                raise ConfigError(f"--sigma sets DP-SGD's or gaussian-aug's noise; {defense} has none")
+            params = {**params, "sigma": sigma}
+        training_defense = build_training_defense(defense, def_eps, params)
     setup(quiet, wide, threads)
     thr = train_threads(model, data, root, parse_kv(arg), threads, batch_size, device)
     if dp:
         _train_dp(model, data, out, epochs, batch_size, lr, optimizer, arg, root, seed, device, as_json,
-                  sigma, clip, delta, dynamic, decay, target_eps, target_acc, per_layer, dp_steps,
+                  6.0 if sigma is None else sigma, clip, delta, dynamic, decay, target_eps, target_acc, per_layer, dp_steps,
                   accountant, fix_batchnorm, noise_seed)
         return
     if training_defense is not None:
@@ -166,21 +176,26 @@ def _train_dp(model: str, data: str, out: Path, epochs: int, batch_size: int, lr
     emit(report, as_json)
 
 
-TRAINING_DEFENSES = ("pgd-at", "fast-at", "trades", "distillation")
+TRAINING_DEFENSES = ("pgd-at", "fast-at", "trades", "distillation", "gaussian-aug", "ibp", "pixeldp")
 
 
 def build_training_defense(name: str, eps: float | None, params: dict[str, Any]) -> Any:
-    """The defense config (`PGDTraining`, `FastTraining`, `TRADES` or `DistillationConfig`,
-    with their papers' defaults) from --defense, --eps and --defense-arg, validated."""
+    """The defense config (`PGDTraining`, `FastTraining`, `TRADES`, `DistillationConfig`,
+    `GaussianAugmentation`, `IBPTraining` or `PixelDPConfig`, with their papers' defaults)
+    from --defense, --eps and --defense-arg, validated."""
     from dataclasses import fields
 
     from bastion.core import unknown_name
+    from bastion.defenses.certify.bounds import IBPTraining
+    from bastion.defenses.certify.pixeldp import PixelDPConfig
+    from bastion.defenses.certify.smoothing import GaussianAugmentation
     from bastion.params import build
     from bastion.training.adversarial import DEFENSES
     from bastion.training.distillation import DistillationConfig
 
     key = str(name).lower()
-    classes: dict[str, type] = {**DEFENSES, "distillation": DistillationConfig}
+    classes: dict[str, type] = {**DEFENSES, "distillation": DistillationConfig,
+                                "gaussian-aug": GaussianAugmentation, "ibp": IBPTraining, "pixeldp": PixelDPConfig}
     if key not in classes:
         raise unknown_name("training defense", str(name), TRAINING_DEFENSES)
     cls = classes[key]
@@ -204,13 +219,18 @@ def build_training_defense(name: str, eps: float | None, params: dict[str, Any])
 def train_defended_and_save(arch: str, data: str, out: Path, defense: Any, *, epochs: int, batch_size: int,
                             lr: float, optimizer: str, patience: int | None, arch_args: dict[str, Any],
                             root: Path | None, seed: int, device: str) -> dict[str, Any]:
-    """Adversarial training (`adversarial_fit`) or defensive distillation
-    (`defensive_distillation`) of a fresh zoo model; the checkpoint records the defense and
-    its parameters in its `defense` metadata."""
+    """Adversarial training (`adversarial_fit`), defensive distillation
+    (`defensive_distillation`), Gaussian augmentation, IBP or PixelDP training of a fresh zoo
+    model; the checkpoint records the defense and its parameters in its `defense` metadata
+    (a PixelDP checkpoint holds the network's weights; `bastion certify` rebuilds the noise
+    layer from the record)."""
     import torch
 
     from bastion.core import resolve_device
     from bastion.data import load
+    from bastion.defenses.certify.bounds import IBPTraining, ibp_fit
+    from bastion.defenses.certify.pixeldp import PixelDPClassifier, PixelDPConfig, pixeldp_fit
+    from bastion.defenses.certify.smoothing import GaussianAugmentation, gaussian_augmentation_fit
     from bastion.models import build_classifier, save_classifier
     from bastion.training import TrainConfig
     from bastion.training.adversarial import adversarial_fit
@@ -234,6 +254,16 @@ def train_defended_and_save(arch: str, data: str, out: Path, defense: Any, *, ep
                                    name=f"{arch}-teacher")
         res = defensive_distillation(teacher, clf, train, test, defense, cfg, on_epoch=on_epoch)
         extra = {"teacher_test_accuracy": res.teacher_test_accuracy}
+    elif isinstance(defense, (GaussianAugmentation, IBPTraining, PixelDPConfig)):
+        extra = {}
+        if isinstance(defense, GaussianAugmentation):
+            res = gaussian_augmentation_fit(clf, train, test, defense, cfg, on_epoch=on_epoch)
+        elif isinstance(defense, IBPTraining):
+            res = ibp_fit(clf, train, test, defense, cfg, on_epoch=on_epoch)
+        else:
+            pdp = PixelDPClassifier(clf, defense)
+            res = pixeldp_fit(pdp, train, test, cfg, on_epoch=on_epoch)
+            clf.meta["defense"] = res.defense
     else:
         res = adversarial_fit(clf, train, test, defense, cfg, on_epoch=on_epoch)
         extra = {}
