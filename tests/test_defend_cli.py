@@ -53,7 +53,7 @@ def test_train_distillation_records_temperature(tmp_path: Path, capsys) -> None:
 @pytest.mark.parametrize("argv, msg", [
     (["--defense", "distillation", "--defense-arg", "temperature=0"], "temperature must be"),
     (["--defense", "distillation", "--eps", "0.3"], "distillation has no eps"),
-    (["--defense", "madry"], "valid training defenses: distillation, fast-at, pgd-at, trades"),
+    (["--defense", "madry"], "valid training defenses: distillation, fast-at, gaussian-aug, ibp, pgd-at, pixeldp, trades"),
     (["--defense", "trades", "--defense-arg", "steps=2.5"], "steps must be int"),
     (["--defense", "pgd-at", "--defense-arg", "gamma=1"], "has no parameter gamma"),
     (["--eps", "0.3"], "need --defense"),

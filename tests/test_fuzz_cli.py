@@ -90,6 +90,10 @@ COMMANDS: dict[str, tuple[list[str], dict[str, str]]] = {
     "defend": (["-m", "{model}", "--defense", "median", "--out", "{out}.st"],
                {"--defense": "str", "--params": "any", "--data": "str", "--calib-n": "num", "--fit-n": "num",
                 "--eot-samples": "num", "--n": "num", "--out": "str", **COMMON}),
+    "certify": (["-m", "{model}", "--samples", "10", "--n", "2"],
+                {"--method": "str", "--sigma": "num", "--samples": "num", "--n0": "num", "--alpha": "num",
+                 "--radii": "any", "--eps": "any", "--draws": "num", "--eta": "num", "--batch-size": "num",
+                 "--n": "num", "--data": "str", "--out": "str", **COMMON}),
     "info": (["{model}"], {}),
     "attacks": ([], {}),
     "models": ([], {}),
@@ -113,6 +117,7 @@ def cheap(monkeypatch):
     import bastion.attacks.registry as registry
     import bastion.audit.leakage_section as leakage
     import bastion.audit.runner as runner
+    import bastion.defenses.certify.run as certify_run
     import bastion.training.dp as dp
     import bastion.training.pipeline as pipeline
     from bastion.attacks.base import Attack
@@ -123,6 +128,7 @@ def cheap(monkeypatch):
     monkeypatch.setattr(leakage, "attack_examples", _reached)
     monkeypatch.setattr(mia, "audit_membership", _reached)
     monkeypatch.setattr(runner, "RunStore", _reached)
+    monkeypatch.setattr(certify_run, "run_certify", _reached)
     monkeypatch.setattr(Attack, "__call__", _reached)
     monkeypatch.setattr(registry, "LIMITS", {k: min(v, 50) for k, v in registry.LIMITS.items()})
 

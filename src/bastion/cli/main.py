@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "bastion.cli.info",
     "bastion.cli.train",
     "bastion.cli.defend",
+    "bastion.cli.certify",
     "bastion.cli.audit",
     "bastion.cli.compare",
     "bastion.cli.attack",
