@@ -1,5 +1,6 @@
 """Imports the modules that register audit section kinds."""
 
+import bastion.audit.certify_section
 import bastion.audit.defense_section
 import bastion.audit.dp_section
 import bastion.audit.evasion_section
