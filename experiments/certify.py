@@ -1,7 +1,7 @@
 """Certified robustness on mnist-5k: randomized smoothing curves for three sigmas (Cohen et
 al. 2019), PixelDP accuracy / robust accuracy / robust precision versus the threshold T for
 three construction bounds L (Lecuyer et al. 2019), IBP-trained versus standard verified
-accuracy (Gowal et al. 2018), and one table that sets them beside PGD adversarial training:
+accuracy (Gowal et al. 2018; trained at 1.5x the verified eps), and one table that sets them beside PGD adversarial training:
 clean accuracy, certified accuracy, empirical robust accuracy under PGD (EOT over the noise
 for the randomized models), training time and certification time per input.
 
@@ -89,7 +89,8 @@ def ibp_part(args: Any, train: Any, test: Any, x: torch.Tensor, y: torch.Tensor)
     fit(std, train, None, TrainConfig(epochs=args.epochs, batch_size=64, progress=False))
     std_train = time.perf_counter() - t0
     ibp = fresh(args.arch, train.input_spec())
-    res = ibp_fit(ibp, train, None, IBPTraining(eps=args.ibp_eps, warmup_epochs=1, ramp_epochs=max(1, args.ibp_epochs - 2)),
+    res = ibp_fit(ibp, train, None, IBPTraining(eps=min(1.0, 1.5 * args.ibp_eps), warmup_epochs=0.5,
+                                                  ramp_epochs=max(1, args.ibp_epochs - 2)),
                   TrainConfig(epochs=args.ibp_epochs, batch_size=64, progress=False))
     for label, clf, tsec in (("standard", std, std_train), ("ibp", ibp, res.wall_time)):
         rows = []
@@ -182,7 +183,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5000)
     ap.add_argument("--draws", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--ibp-epochs", type=int, default=6)
+    ap.add_argument("--ibp-epochs", type=int, default=5)
     ap.add_argument("--ibp-eps", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "certify.json"))
