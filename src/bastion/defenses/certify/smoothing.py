@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -95,6 +96,28 @@ def noise_seed(seed: int, index: int, phase: int) -> int:
 
 def noise_generator(device: torch.device, seed: int, index: int, phase: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(noise_seed(seed, index, phase))
+
+
+@contextmanager
+def _inplace_relus(model: torch.nn.Module) -> Iterator[None]:
+    """Run ReLUs in place for the duration (no autograd inside CERTIFY's inference mode):
+    the same values, one activation-sized allocation and pass over memory fewer per layer
+    (15% of a cnn7 forward at batch 1000 on one CPU thread). Only a ReLU that follows a
+    layer producing a fresh tensor inside an `nn.Sequential` is switched, so no tensor
+    another branch still reads (a residual input) is overwritten."""
+    nn_ = torch.nn
+    fresh = (nn_.Conv1d, nn_.Conv2d, nn_.Linear, nn_.BatchNorm1d, nn_.BatchNorm2d, nn_.GroupNorm,
+             nn_.MaxPool2d, nn_.AvgPool2d)
+    relus = [seq[i] for seq in model.modules() if isinstance(seq, nn_.Sequential)
+             for i in range(1, len(seq))
+             if isinstance(seq[i], nn_.ReLU) and not seq[i].inplace and isinstance(seq[i - 1], fresh)]
+    for m in relus:
+        m.inplace = True
+    try:
+        yield
+    finally:
+        for m in relus:
+            m.inplace = False
 
 
 # --------------------------------------------------------------------------- results
@@ -211,7 +234,7 @@ class SmoothedClassifier(_Wrapper):
         group = max(1, self.batch_size // block)   # inputs whose copies share one forward
         shape = tuple(x.shape[1:])
         base = self.base
-        with base.fast_layout(), torch.inference_mode():   # layout switch outside inference mode
+        with base.fast_layout(), _inplace_relus(base), torch.inference_mode():   # layout switch outside
             for g0 in range(0, n, group):
                 ids = range(g0, min(n, g0 + group))
                 gens = [noise_generator(dev, seed, offset + i, phase) for i in ids]
