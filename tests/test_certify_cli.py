@@ -72,6 +72,8 @@ def test_certify_other_methods(ckpts: dict[str, Path], capsys, method: str, extr
     (["--alpha", "0"], "--alpha"), (["--n0", "0"], "--n0"), (["--samples", "0"], "--samples"),
     (["--method", "lp"], "valid certification methods"), (["--method", "pixeldp"], "PixelDP network"),
     (["--radii", "-1"], "radii"), (["--out", "x.txt"], ".json"),
+    (["--method", "ibp", "--denoise-epochs", "1"], "denoiser only applies"),
+    (["--denoise-epochs", "1", "--denoise-objective", "l1"], "denoiser objective"),
 ])
 def test_certify_errors(ckpts: dict[str, Path], capsys, argv: list[str], msg: str) -> None:
     capsys.readouterr()

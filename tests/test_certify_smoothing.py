@@ -162,3 +162,15 @@ def test_denoised_smoothing_certifies_an_off_the_shelf_model(trained_model, mnis
     assert rec["history"][0]["objective"] == "mse"
     with pytest.raises(ConfigError, match="objective"):
         DenoiserConfig(objective="l1").validate()
+
+
+def test_run_certify_with_a_denoiser(small_model: Classifier, mnist_train, mnist_test) -> None:
+    """`bastion certify --denoise-epochs N` path: the record of the denoiser comes back."""
+    from bastion.defenses.certify.run import CertifySettings, run_certify
+
+    s = CertifySettings(sigma=0.5, n0=10, samples=50, alpha=0.01, radii=(0.0,), denoise_epochs=1,
+                        denoise_objective="mse")
+    res = run_certify(small_model, mnist_test.x[:4], mnist_test.y[:4], s, mnist_train.take(200))
+    assert res["summary"]["denoiser"]["objective"] == "mse" and len(res["rows"]) == 4
+    with pytest.raises(ConfigError, match="training data"):
+        run_certify(small_model, mnist_test.x[:4], mnist_test.y[:4], s)

@@ -10,6 +10,7 @@ smoothing (Cohen et al. 2019), PixelDP (Lecuyer et al. 2019) or Linf bound propa
       radii: [0, 0.25, 0.5, 1.0] # L2 radii (smoothing) or attack sizes T (pixeldp)
       eps: [0.1]                 # Linf radii (bounds)
       n: 100                     # test inputs certified (default: all the audit's)
+      denoise_epochs: 0          # > 0: denoised smoothing (Salman et al. 2020) of the unchanged model
       headline: 0.5              # radius the scorecard judges (default: the largest non-zero one)
 
 The certification is one resumable step. The report shows certified accuracy against
@@ -64,6 +65,8 @@ class CertifySpec(BaseModel):
     eta: float = Field(0.05, gt=0, lt=0.5)
     batch_size: int = Field(1000, ge=1, le=1 << 20, strict=True)
     n: int | None = Field(None, ge=1, le=1_000_000, strict=True)
+    denoise_epochs: int = Field(0, ge=0, le=10_000, strict=True)
+    denoise_objective: str = "stability"
     headline: float | None = Field(None, ge=0)
 
 
@@ -76,7 +79,8 @@ def _parse(cfg: dict[str, Any]) -> tuple[CertifySpec, CertifySettings]:
     default = DEFAULT_THRESHOLDS if spec.method == "pixeldp" else DEFAULT_RADII
     s = CertifySettings(method=spec.method, sigma=spec.sigma, n0=spec.n0, samples=spec.samples, alpha=spec.alpha,
                         radii=tuple(spec.radii) if spec.radii else default, eps=tuple(spec.eps), draws=spec.draws,
-                        eta=spec.eta, batch_size=spec.batch_size)
+                        eta=spec.eta, batch_size=spec.batch_size, denoise_epochs=spec.denoise_epochs,
+                        denoise_objective=spec.denoise_objective)
     s.validate()
     return spec, s
 
@@ -89,7 +93,7 @@ def run_certify_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput
     name = spec.name or "certify"
     test = ctx.test.take(spec.n)
     key = f"certify/{name}/{json.dumps(settings_dict(s), sort_keys=True)}/n={len(test)}"
-    res = ctx.step(key, lambda: run_certify(ctx.model, test.x, test.y, s))
+    res = ctx.step(key, lambda: run_certify(ctx.model, test.x, test.y, s, ctx.train))
     summary = res["summary"]
     out = SectionOutput(name=name, kind="certify")
     out.summary = {**summary, "settings": settings_dict(s)}

@@ -66,6 +66,11 @@ def certify_cmd(
     draws: int = typer.Option(300, "--draws", help="PixelDP: Monte Carlo draws per input."),
     eta: float = typer.Option(0.05, "--eta", help="PixelDP: confidence level of the bounds."),
     batch_size: int = typer.Option(1000, "--batch-size", help="Noisy copies per forward pass."),
+    denoise_epochs: int = typer.Option(0, "--denoise-epochs", help="Smoothing: first train a denoiser in front "
+                                       "of the unchanged model for N epochs on the training split (denoised "
+                                       "smoothing, Salman et al. 2020; 0 = off)."),
+    denoise_objective: str = typer.Option("stability", "--denoise-objective",
+                                          help="Denoiser objective: stability | mse | mse+stability."),
     n: int = typer.Option(500, "--n", help="Test inputs to certify."),
     data: str = typer.Option(None, "--data", "-d", help="Data set (default: the checkpoint's)."),
     out: Path = typer.Option(None, "--out", "-o", help="Per-input certificates (.json)."),
@@ -94,6 +99,7 @@ def certify_cmd(
     check_int(n0, "--n0", 1, 10**9)
     check_int(draws, "--draws", 1, 10**8)
     check_int(batch_size, "--batch-size", 1, 1 << 20)
+    check_int(denoise_epochs, "--denoise-epochs", 0, 10_000)
     check_float(sigma, "--sigma", positive=True, high=1e3)
     check_float(alpha, "--alpha", positive=True, high=0.5)
     check_float(eta, "--eta", positive=True, high=0.5)
@@ -109,7 +115,8 @@ def certify_cmd(
     settings = CertifySettings(method=str(method).lower(), sigma=sigma, n0=n0, samples=samples, alpha=alpha,
                                radii=tuple(parse_floats(radii, "--radii")) if radii else default,
                                eps=tuple(parse_floats(eps, "--eps")), draws=draws, eta=eta,
-                               batch_size=batch_size, seed=seed)
+                               batch_size=batch_size, seed=seed, denoise_epochs=denoise_epochs,
+                               denoise_objective=denoise_objective)
     settings.validate()
     setup(quiet, wide, threads)
     clf = load_model_from_options(model, weights, input_shape, num_classes, mean, std, bounds, model_arg, device)
@@ -122,7 +129,8 @@ def certify_cmd(
         raise ConfigError(f"data {data!r} has inputs of shape {test.input_shape}, the model expects "
                           f"{clf.spec.shape}")
     thr = use_threads(clf, test.x, threads)
-    res = run_certify(clf, test.x, test.y, settings)
+    train = load(data, "train", root=root) if settings.denoise_epochs else None
+    res = run_certify(clf, test.x, test.y, settings, train)
     summary = res["summary"]
     key = "threshold T" if settings.method == "pixeldp" else "Linf eps" if settings.method not in (
         "smoothing",) else "L2 radius"
