@@ -112,7 +112,7 @@ def _parse(cfg: dict[str, Any]) -> DefenseSpec:
     if spec.adaptive:
         from bastion.defenses.detect import DetectorAwarePGD
 
-        valid = {f.name for f in dataclasses.fields(DetectorAwarePGD)}
+        valid = {f.name for f in dataclasses.fields(DetectorAwarePGD)} - {"norm"}  # the attack's norm
         extra = sorted(set(spec.adaptive) - valid)
         if extra:
             raise ConfigError(f"defense section: the detector-aware attack has no parameter {', '.join(extra)}; "
@@ -233,15 +233,17 @@ def evaluate_defense(undefended: Classifier, defended: Classifier, attacks: list
                  "false_positive_ci": None if fpr_mask is None else _rate(fpr_mask)[1]}
     rows: list[dict[str, Any]] = []
     robust_all: dict[tuple[str, float], torch.Tensor] = {}
-    detector_aware: dict[float, dict[str, Any]] = {}
+    detector_aware: dict[tuple[str, float], dict[str, Any]] = {}
 
-    def detector_aware_run(eps: float) -> dict[str, Any]:
-        if eps not in detector_aware:
-            atk = DetectorAwarePGD(**{"batch_size": batch_size, **(adaptive or {}), "eps": eps})
-            detector_aware[eps] = step(
-                f"{key}/pgd-detector-aware/eps={eps}/{json.dumps(adaptive or {}, sort_keys=True)}/n={len(y)}/"
-                f"seed={seed}", lambda: _run_attack(atk, defended, defended, x, y, "linf", seed))
-        return detector_aware[eps]
+    def detector_aware_run(norm: str, eps: float) -> dict[str, Any]:
+        if (norm, eps) not in detector_aware:
+            atk = DetectorAwarePGD(**{"batch_size": batch_size, **(adaptive or {}), "eps": eps, "norm": norm})
+            # the Linf key keeps its earlier form so that finished runs are reused
+            tag = "" if norm == "linf" else f"/norm={norm}"
+            detector_aware[norm, eps] = step(
+                f"{key}/pgd-detector-aware{tag}/eps={eps}/{json.dumps(adaptive or {}, sort_keys=True)}/"
+                f"n={len(y)}/seed={seed}", lambda: _run_attack(atk, defended, defended, x, y, norm, seed))
+        return detector_aware[norm, eps]
 
     for a in attacks:
         label = _label(a)
@@ -265,8 +267,8 @@ def evaluate_defense(undefended: Classifier, defended: Classifier, attacks: list
             for b in budgets if minimum_norm else [eps]:
                 assert b is not None
                 adaptive_run, adaptive_name = runs.get(ADAPTIVE), how
-                if is_det and norm == "linf" and not cls.black_box:
-                    adaptive_run, adaptive_name = detector_aware_run(b), "pgd-detector-aware"
+                if is_det and norm in DetectorAwarePGD.norms and not cls.black_box:
+                    adaptive_run, adaptive_name = detector_aware_run(norm, b), "pgd-detector-aware"
                 rob_u, fool_u, _ = _masks(runs[UNDEFENDED], y, correct_u, b, minimum_norm)
                 rob_d, fool_d, flag_d = _masks(runs[DEFENDED], y, correct_d, b, minimum_norm)
                 rec: dict[str, Any] = {"attack": label, "norm": norm, "eps": b,
