@@ -1,0 +1,79 @@
+"""Pool building (manifest, resume), loading checks and `Ensemble` as a Classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bastion.attacks.evasion import FGSM
+from bastion.core import ConfigError, InputSpec
+from bastion.data import load
+from bastion.defenses.ensemble import Ensemble, PoolConfig, build_pool, load_pool, read_manifest
+from bastion.models.checkpoint import build_classifier
+
+POOL = {"data": "digits", "seed": 0, "train": {"batch_size": 64, "lr": 0.01},
+        "members": [{"name": "mlp-a", "arch": "mlp", "args": {"hidden": [32]}, "epochs": 5},
+                    {"name": "mlp-b", "arch": "mlp", "args": {"hidden": [32]}, "epochs": 6},
+                    {"name": "mlp-c", "arch": "mlp", "args": {"hidden": [48, 24]}, "epochs": 5}]}
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pool")
+    build_pool(PoolConfig.from_dict({**POOL, "out": str(out)}), progress=False)
+    return out
+
+
+def test_pool_build_writes_manifest_and_resumes(pool_dir: Path) -> None:
+    man = read_manifest(pool_dir)
+    assert [m["name"] for m in man["members"]] == ["mlp-a", "mlp-b", "mlp-c"]
+    assert all(m["test_accuracy"] > 0.8 for m in man["members"])
+    before = {p.name: p.stat().st_mtime_ns for p in pool_dir.glob("*.st")}
+    trained: list[str] = []
+    cfg = {**POOL, "out": str(pool_dir), "members": [*POOL["members"], {"name": "mlp-d", "arch": "mlp",
+                                                                          "args": {"hidden": [16]}, "epochs": 1}]}
+    build_pool(PoolConfig.from_dict(cfg), on_member=lambda e: trained.append(e["name"]), progress=False)
+    assert trained == ["mlp-d"]  # finished members are not trained again
+    assert all(pool_dir.joinpath(n).stat().st_mtime_ns == t for n, t in before.items())
+    pool = load_pool(pool_dir)
+    assert pool.names == ["mlp-a", "mlp-b", "mlp-c", "mlp-d"]
+
+
+def test_pool_config_errors() -> None:
+    with pytest.raises(ConfigError, match="unique"):
+        PoolConfig.from_dict({**POOL, "out": "x", "members": [POOL["members"][0]] * 2})
+    with pytest.raises(ConfigError, match="no key"):
+        PoolConfig.from_dict({**POOL, "out": "x", "members": [{"arch": "mlp", "kernel": 3}]})
+    with pytest.raises(ConfigError, match="epochs"):
+        PoolConfig.from_dict({**POOL, "out": "x", "members": [{"arch": "mlp", "epochs": 0}]})
+    with pytest.raises(ConfigError, match="no pool manifest"):
+        load_pool(Path("/nonexistent-pool"))
+
+
+def test_pool_members_must_agree() -> None:
+    a = build_classifier("mlp", InputSpec((1, 8, 8)), 10, device="cpu")
+    b = build_classifier("mlp", InputSpec((1, 8, 8)), 5, device="cpu")
+    c = build_classifier("mlp", InputSpec((1, 28, 28)), 10, device="cpu")
+    with pytest.raises(ConfigError, match="classes"):
+        load_pool([a, b])
+    with pytest.raises(ConfigError, match="takes inputs"):
+        Ensemble([a, c])
+
+
+def test_ensemble_is_a_classifier_and_vmap_matches_loop(pool_dir: Path) -> None:
+    pool = load_pool(pool_dir, device="cpu")
+    test = load("digits", "test")
+    x, y = test.x[:200], test.y[:200]
+    fast = Ensemble(pool.members, consensus="soft")
+    slow = Ensemble(pool.members, consensus="soft", vectorize=False)
+    assert len(fast.module.groups) < len(pool.members)  # the two 32-unit mlps share one vmap call
+    assert torch.allclose(fast.logits(x), slow.logits(x), atol=1e-5)
+    accs = [m.accuracy(x, y) for m in pool.members]
+    assert fast.accuracy(x, y) >= min(accs)
+    vote = Ensemble(pool.members, consensus="plurality")
+    assert vote.accuracy(x, y) >= min(accs)
+    # white-box attack on the whole ensemble through its soft surrogate
+    res = FGSM(eps=0.3)(vote.adaptive(), x[:64], y[:64])
+    assert vote.accuracy(res.x_adv, y[:64]) < vote.accuracy(x[:64], y[:64]) - 0.3
