@@ -77,3 +77,18 @@ def test_ensemble_is_a_classifier_and_vmap_matches_loop(pool_dir: Path) -> None:
     # white-box attack on the whole ensemble through its soft surrogate
     res = FGSM(eps=0.3)(vote.adaptive(), x[:64], y[:64])
     assert vote.accuracy(res.x_adv, y[:64]) < vote.accuracy(x[:64], y[:64]) - 0.3
+
+
+def test_pool_build_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from bastion.cli.main import run
+
+    cfg = tmp_path / "pool.yaml"
+    cfg.write_text("data: digits\nout: pool\nmembers:\n  - {name: m1, arch: mlp, args: {hidden: [16]}, epochs: 1}\n")
+    assert run(["pool", "build", "--config", str(cfg), "--out", str(tmp_path / "p"), "--json", "--quiet"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["members"][0]["name"] == "m1" and (tmp_path / "p" / "m1.st").is_file()
+    cfg.write_text("data: digits\nout: pool\nmembers:\n  - {name: m1, arch: resnet, args: {depth: 7}}\n")
+    assert run(["pool", "build", "--config", str(cfg), "--out", str(tmp_path / "q"), "--quiet"]) == 2
+    assert "depth" in capsys.readouterr().err and not (tmp_path / "q" / "pool.json").exists()
