@@ -92,3 +92,38 @@ def test_pool_build_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     cfg.write_text("data: digits\nout: pool\nmembers:\n  - {name: m1, arch: resnet, args: {depth: 7}}\n")
     assert run(["pool", "build", "--config", str(cfg), "--out", str(tmp_path / "q"), "--quiet"]) == 2
     assert "depth" in capsys.readouterr().err and not (tmp_path / "q" / "pool.json").exists()
+
+
+def test_defend_with_xensemble_and_ensemble_round_trip(pool_dir: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from bastion.cli.main import run
+    from bastion.defenses.xensemble import XEnsemble
+    from bastion.models.checkpoint import load_classifier
+
+    target = str(pool_dir / "mlp-a.st")
+    dens = "denoisers=[{name: bit-depth, bits: 3}, {name: gaussian-blur, sigma: 0.5}]"
+    out = tmp_path / "xe.st"
+    argv = ["defend", "-m", target, "--defense", "xensemble", "--params", f"pool={pool_dir}", "--params", "n=2",
+            "--params", dens, "--params", "tolerance=0.05", "--params", "kappa_on=benign", "--data", "digits",
+            "--n", "100", "--out", str(out), "--json", "--quiet"]
+    assert run(argv) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["kind"] == "xensemble" and len(rep["teams"][0]) == 2 and rep["false_flag_rate"] < 0.2
+    xe = load_classifier(out, device="cpu")
+    assert isinstance(xe, XEnsemble) and len(xe.denoisers) == 2
+    x = load("digits", "test").x[:100]
+    assert abs(xe.accuracy(x, load("digits", "test").y[:100]) - rep["defended_accuracy"]) < 1e-6
+    assert run(["defend", "-m", target, "--defense", "ensemble", "--params", f"pool={pool_dir}", "--params",
+                "n=2", "--params", "kappa_on=benign", "--data", "digits", "--n", "100", "--out",
+                str(tmp_path / "e.st"), "--quiet"]) == 0
+    assert isinstance(load_classifier(tmp_path / "e.st", device="cpu"), Ensemble)
+    # bad input: one error line before any work
+    for bad, msg in ((["--params", "n=9"], "larger than the pool"), (["--params", "threshold=1.5"], "threshold T"),
+                     ([], "pool=PATH")):
+        params = [] if not bad or bad[1].startswith("pool") else ["--params", f"pool={pool_dir}"]
+        rc = run(["defend", "-m", target, "--defense", "xensemble", *params, *bad, "--data", "digits",
+                  "--out", str(tmp_path / "bad.st"), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and not (tmp_path / "bad.st").exists(), err
