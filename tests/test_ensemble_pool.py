@@ -66,7 +66,7 @@ def test_ensemble_is_a_classifier_and_vmap_matches_loop(pool_dir: Path) -> None:
     pool = load_pool(pool_dir, device="cpu")
     test = load("digits", "test")
     x, y = test.x[:200], test.y[:200]
-    fast = Ensemble(pool.members, consensus="soft")
+    fast = Ensemble(pool.members, consensus="soft", vectorize=True)
     slow = Ensemble(pool.members, consensus="soft", vectorize=False)
     assert len(fast.module.groups) < len(pool.members)  # the two 32-unit mlps share one vmap call
     assert torch.allclose(fast.logits(x), slow.logits(x), atol=1e-5)

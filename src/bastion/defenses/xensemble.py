@@ -150,11 +150,12 @@ class XEnsemble(Classifier):
         teams: candidate teams, each a list of member Classifiers (n >= 1 each; ignored by
             input-only). With `config.top` > 1 every query draws one of the first `top`.
         config: mode, flag threshold T, team draw.
-        vectorize: stack members sharing an architecture into one vmap call.
+        vectorize: stack members sharing an architecture into one vmap call: True, False,
+            or None (default) for a GPU only (see `bastion.defenses.ensemble.ensemble`).
     """
 
     def __init__(self, target: Classifier, denoisers: Sequence[Transform], teams: Sequence[Sequence[Classifier]],
-                 config: XEnsembleConfig | None = None, vectorize: bool = True) -> None:
+                 config: XEnsembleConfig | None = None, vectorize: bool | None = None) -> None:
         cfg = config or XEnsembleConfig()
         if not isinstance(target, Classifier):
             raise ConfigError(f"XEnsemble protects a bastion Classifier, got {type(target).__name__}")
@@ -175,7 +176,9 @@ class XEnsemble(Classifier):
             check_members([target, *members], "XEnsemble")
         self.team_index = ([[next(i for i, u in enumerate(members) if u is m) for m in t] for t in team_list]
                            if cfg.mode != "input-only" else [])
-        super().__init__(StackedMembers([target, *members], vectorize), target.spec, target.num_classes,
+        # the target sees the raw input and every version; the team only the versions
+        stack = nn.ModuleList([target, StackedMembers(members, vectorize)] if members else [target])
+        super().__init__(stack, target.spec, target.num_classes,
                          device=target.device, name=f"xensemble[{cfg.mode}]")
         self.normalize = nn.Identity()
         self.config = cfg
@@ -187,11 +190,11 @@ class XEnsemble(Classifier):
 
     @property
     def device(self) -> torch.device:
-        return self.module.members[0].device  # type: ignore[union-attr,index]
+        return self.module[0].device  # type: ignore[index]
 
     @property
     def target(self) -> Classifier:
-        return self.module.members[0]  # type: ignore[union-attr,index,return-value]
+        return self.module[0]  # type: ignore[index,return-value]
 
     # ------------------------------------------------------------------ votes
     def _versions(self, x: torch.Tensor, bpda: bool = False) -> torch.Tensor:
@@ -212,15 +215,20 @@ class XEnsemble(Classifier):
         """(reference [N, C], probs [1 + members, k', N, C]): the target on raw x, and every
         model (target first) on every version, from one batched call per model group."""
         n = x.shape[0]
+        target = self.module[0]  # type: ignore[index]
+        team = self.module[1] if len(self.module) > 1 else None  # type: ignore[arg-type,index]
         if not self.denoisers:  # output-only: the raw input is the only version
-            p = self.module(x).softmax(-1)[:, None]  # [1 + M, 1, N, C]
-            return p[0, 0], p
-        versions = self._versions(x, bpda)  # [k, N, ...]
-        kk = versions.shape[0]
-        batch = torch.cat([x[None], versions]).flatten(0, 1)  # [(1 + k) N, ...]
-        p = self.module(batch).softmax(-1)  # [1 + M, (1 + k) N, C]
-        p = p.view(p.shape[0], 1 + kk, n, -1)
-        return p[0, 0], p[:, 1:]
+            ref = target(x).softmax(-1)
+            p = ref[None, None] if team is None else torch.cat([ref[None], team(x).softmax(-1)])[:, None]
+            return ref, p  # [1 + M, 1, N, C]
+        versions = self._versions(x, bpda).flatten(0, 1)  # [k N, ...]
+        kk = len(self.denoisers)
+        pt = target(torch.cat([x, versions])).softmax(-1)  # [(1 + k) N, C]
+        ref, pt = pt[:n], pt[n:].view(1, kk, n, -1)
+        if team is None:
+            return ref, pt
+        pm = team(versions).softmax(-1)  # [M, k N, C]
+        return ref, torch.cat([pt, pm.view(pm.shape[0], kk, n, -1)])
 
     def votes(self, x: torch.Tensor, teams: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(votes [N, V, C], reference [N, C]) for the mode; `teams` [N] selects each
