@@ -127,3 +127,25 @@ def test_defend_with_xensemble_and_ensemble_round_trip(pool_dir: Path, tmp_path:
                   "--out", str(tmp_path / "bad.st"), "--quiet"])
         err = capsys.readouterr().err
         assert rc == 2 and msg in err and not (tmp_path / "bad.st").exists(), err
+
+
+def test_audit_defense_section_with_xensemble(pool_dir: Path, tmp_path: Path) -> None:
+    from bastion.audit.config import parse_config
+    from bastion.audit.runner import run_audit
+
+    ens = {"name": "xensemble", "params": {"pool": str(pool_dir), "n": 2, "tolerance": 0.05, "kappa_on": "benign",
+                                           "denoisers": [{"name": "bit-depth", "bits": 3},
+                                                         {"name": "gaussian-blur", "sigma": 0.5}]}}
+    section = {"kind": "defense", "ensemble": ens, "attacks": [{"attack": "fgsm", "eps": [0.1]}]}
+    run = run_audit(pool_dir / "mlp-a.st", parse_config({"seed": 0, "data": {"n": 48}, "sections": [section]}),
+                    tmp_path / "run")
+    summary = run.results["sections"]["defense"]["summary"]
+    (row,) = summary["runs"]
+    assert summary["defense"]["kind"] == "xensemble"
+    assert row["adaptive_attack"].startswith("BPDA mean-probability surrogate")
+    assert row["robust_adaptive"] is not None and "detection_rate" in row
+    assert summary["clean"]["false_positive_rate"] is not None
+    bad = {**section, "defense": ens}
+    bad.pop("ensemble")
+    with pytest.raises(ConfigError, match="put it under ensemble"):
+        run_audit(pool_dir / "mlp-a.st", parse_config({"seed": 0, "sections": [bad]}), tmp_path / "bad")
