@@ -68,6 +68,7 @@ ATTACKS: list[tuple[str, str, str | None, dict[str, Any]]] = [
 ]
 CANDIDATES = [BitDepth(1), MedianFilter(3), Rotation(-12.0), BitDepth(2), Rotation(12.0), NonLocalMeans()]
 SEEDS = 5
+HEAD = "cross-layer [quan-1-bit]"
 
 
 def log(msg: str) -> None:
@@ -149,7 +150,11 @@ def main() -> None:
     ap.add_argument("--ood", type=int, default=500, help="inputs per OOD set")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "xensemble.json"))
+    ap.add_argument("--tables", action="store_true", help="only print the markdown tables of --out")
     args = ap.parse_args()
+    if args.tables:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     pool = load_pool(POOL, device="cpu")
@@ -203,20 +208,28 @@ def main() -> None:
                        for k, v in teams.items()}
     result["top_teams"] = [[names[i] for i in t] for t in tops]
     table: dict[str, Any] = {}
-    input_only = XEnsemble(target, dens, [], XEnsembleConfig(mode="input-only"))
-    table["input-only"] = {**rates(input_only, advs, y), "benign": benign(input_only, xb, yb)}
+    # input layers: the first three admitted denoisers (k = 3), and 1-bit quantization alone,
+    # the input layer of the dissertation's best MNIST configuration
+    layers = {f"k=3: {', '.join(label_of(d) for d in dens)}": dens, "quan-1-bit": [BitDepth(1)]}
+    result["input_layers"] = list(layers)
+    for lname, ld in layers.items():
+        input_only = XEnsemble(target, ld, [], XEnsembleConfig(mode="input-only"))
+        table[f"input-only [{lname}]"] = {**rates(input_only, advs, y), "benign": benign(input_only, xb, yb)}
     for policy, tl in teams.items():
-        for mode in ("output-only", "cross-layer"):
+        variants = [("output-only", "output-only", dens)] + [(f"cross-layer [{ln}]", "cross-layer", ld)
+                                                              for ln, ld in layers.items()]
+        for key, mode, ld in variants:
             runs = []
             for t in tl:
-                xe = XEnsemble(target, dens, [[members[i] for i in t]], XEnsembleConfig(mode=mode))
+                xe = XEnsemble(target, ld, [[members[i] for i in t]], XEnsembleConfig(mode=mode))
                 runs.append({**rates(xe, advs, y), "benign": benign(xe, xb, yb)})
-            table[f"{mode} {policy}"] = mean_runs(runs)
-        log(f"{policy}: cross-layer DSR {table[f'cross-layer {policy}']['average']['dsr']:.3f}, "
-            f"output-only {table[f'output-only {policy}']['average']['dsr']:.3f}")
+            table[f"{key} {policy}"] = mean_runs(runs)
+        log(f"{policy}: " + ", ".join(f"{key} DSR {table[f'{key} {policy}']['average']['dsr']:.3f}"
+                                     for key, _, _ in variants))
+    headline = [BitDepth(1)]
     # the moving target: per-query draw among the top 5 teams
-    mt = XEnsemble(target, dens, [[members[i] for i in t] for t in tops], XEnsembleConfig(top=5))
-    table["cross-layer top-5 per-query draw"] = {**rates(mt, advs, y), "benign": benign(mt, xb, yb)}
+    mt = XEnsemble(target, headline, [[members[i] for i in t] for t in tops], XEnsembleConfig(top=5))
+    table["cross-layer [quan-1-bit] top-5 per-query draw"] = {**rates(mt, advs, y), "benign": benign(mt, xb, yb)}
     result["defenses"] = table
 
     # -- comparison with training-time defenses (same transferred examples)
@@ -226,21 +239,23 @@ def main() -> None:
     result["baselines"] = comp
 
     # -- adaptive white-box evaluation of the cross-layer Best-kappa XEnsemble
-    xe = XEnsemble(target, dens, [[members[i] for i in best]], XEnsembleConfig(mode="cross-layer"))
+    xe = XEnsemble(target, headline, [[members[i] for i in best]], XEnsembleConfig(mode="cross-layer"))
     adaptive = {}
     for label, name, params in (("FGSM", "fgsm", {"eps": 0.3}), ("PGD", "pgd", {"eps": 0.3, "steps": 40}),
-                                ("PGD eps 0.1", "pgd", {"eps": 0.1, "steps": 40})):
+                                ("PGD eps 0.1", "pgd", {"eps": 0.1, "steps": 40}),
+                                ("PGD-L2 eps 2", "pgd", {"eps": 2.0, "norm": "l2", "steps": 40}),
+                                ("PGD-L2 eps 3", "pgd", {"eps": 3.0, "norm": "l2", "steps": 40})):
         t0 = time.perf_counter()
         res = registry.create(name, **params)(xe.adaptive(), x, y)
         pred, flag = xe.predict_with_reject(res.x_adv)
         adaptive[label] = {**defense_rates(pred.cpu(), flag.cpu(), y), "surrogate_accuracy": res.robust_accuracy,
                            "seconds": time.perf_counter() - t0}
-        if label == "PGD eps 0.1":
+        if label not in ("FGSM", "PGD"):
             xt = registry.create(name, **params)(target, x, y).x_adv
             pt, ft = xe.predict_with_reject(xt)
             adaptive[label]["transfer_dsr"] = defense_rates(pt.cpu(), ft.cpu(), y)["dsr"]
         else:
-            adaptive[label]["transfer_dsr"] = table["cross-layer Best-kappa"]["per_attack"][label]["dsr"]
+            adaptive[label]["transfer_dsr"] = table[f"{HEAD} Best-kappa"]["per_attack"][label]["dsr"]
         log(f"adaptive {label}: DSR {adaptive[label]['dsr']:.3f} (transfer {adaptive[label]['transfer_dsr']:.3f})")
     result["adaptive"] = adaptive
 
@@ -265,8 +280,58 @@ def main() -> None:
     result["meta"]["seconds"] = time.perf_counter() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, default=float))
-    for c in result["checks"]:
-        print(("OK   " if c["holds"] else "FAIL ") + c["claim"] + ": " + c["detail"])
+    print(markdown(result))
+
+
+def f3(v: float) -> str:
+    return f"{v:.3f}"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    labels = [a["label"] for a in r["meta"]["attacks"]]
+    out = []
+    head = "| | benign | " + " | ".join(labels) + " | average |"
+    sep = "|---" * (len(labels) + 3) + "|"
+    out += ["### Single denoisers on the target (accuracy)", "", head, sep]
+    ta = r["target_alone"]
+    out.append("| none (target alone) | " + f3(ta["benign"]["accuracy"]) + " | "
+               + " | ".join(f3(ta["per_attack"][a]["psr"]) for a in labels) + f" | {f3(ta['average']['psr'])} |")
+    for sd in r["single_denoisers"]:
+        out.append(f"| {sd['label']} | {f3(sd['benign'])} | " + " | ".join(f3(sd["per_attack"][a]) for a in labels)
+                   + f" | {f3(sd['average'])} |")
+    out += ["", "### Kappa on FGSM examples (lower = more diverse)", ""]
+    k = r["kappa_fgsm"]
+    out.append("| | " + " | ".join(k["models"]) + " |")
+    out.append("|---" * (len(k["models"]) + 1) + "|")
+    for i, row in enumerate(k["matrix"]):
+        out.append(f"| {k['models'][i]} | " + " | ".join("" if j < i else f"{v:.2f}" for j, v in enumerate(row)) + " |")
+    out += ["", "### Defense success (DSR = PSR + TSR) per attack", "", head.replace("benign", "benign acc. / false flags"), sep]
+    rows = {"target alone": ta, **r["defenses"], **r["baselines"]}
+    for name, d in rows.items():
+        b = d["benign"]
+        ben = f"{f3(b['accuracy'])} / {f3(b.get('false_flag_rate', 0.0))}"
+        key = "dsr" if "dsr" in d["average"] else "psr"
+        out.append(f"| {name} | {ben} | " + " | ".join(f3(d["per_attack"][a][key]) for a in labels)
+                   + f" | {f3(d['average'][key])} |")
+    out += ["", "### Averages over the attacks", "", "| defense | PSR | TSR | DSR | FP |", "|---|---|---|---|---|"]
+    for name, d in rows.items():
+        a = d["average"]
+        out.append(f"| {name} | {f3(a['psr'])} | {f3(a['tsr'])} | {f3(a['dsr'])} | {f3(a['fp'])} |")
+    out += ["", "### Adaptive white-box attacks on the cross-layer Best-kappa XEnsemble", "",
+            "| attack | PSR | TSR | DSR | FP | DSR of the transferred attack | seconds |", "|---|---|---|---|---|---|---|"]
+    for name, a in r["adaptive"].items():
+        out.append(f"| {name} | {f3(a['psr'])} | {f3(a['tsr'])} | {f3(a['dsr'])} | {f3(a['fp'])} | "
+                   f"{f3(a['transfer_dsr'])} | {a['seconds']:.0f} |")
+    out += ["", "### OOD detection (in-distribution: mnist-5k test images)", "",
+            "| detector | OOD set | AUROC | FPR at 95% TPR | DError | DError at the flag |", "|---|---|---|---|---|---|"]
+    for key, m in r["ood"].items():
+        det, st = key.split(" | ")
+        flag = f3(m["flag_derror"]) if "flag_derror" in m else "-"
+        out.append(f"| {det} | {st} | {f3(m['auroc'])} | {f3(m['fpr_at_95_tpr'])} | {f3(m['derror'])} | {flag} |")
+    out += ["", "### Orderings", ""]
+    for c in r["checks"]:
+        out.append(f"- {'holds' if c['holds'] else 'does NOT hold'}: {c['claim']} ({c['detail']})")
+    return "\n".join(out)
 
 
 def label_of(t: Any) -> str:
@@ -295,7 +360,8 @@ def mean_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
     d = r["defenses"]
-    cl = d["cross-layer Best-kappa"]
+    cl = d[f"{HEAD} Best-kappa"]
+    k3 = next(k for k in d if k.startswith("cross-layer [k=3") and k.endswith("Best-kappa"))
     singles = r["single_denoisers"]
     best_single = max(s["average"] for s in singles)
     out = []
@@ -305,9 +371,11 @@ def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
 
     add("cross-layer DSR above every single denoiser", cl["average"]["dsr"] > best_single,
         f"{cl['average']['dsr']:.3f} vs best single denoiser {best_single:.3f}")
+    add("cross-layer DSR with k = 3 denoisers above every single denoiser", d[k3]["average"]["dsr"] > best_single,
+        f"{d[k3]['average']['dsr']:.3f} ({k3}) vs {best_single:.3f}")
     ob = d["output-only Best-kappa"]["average"]["dsr"]
     add("cross-layer DSR above output-only (Best-kappa)", cl["average"]["dsr"] > ob, f"{cl['average']['dsr']:.3f} vs {ob:.3f}")
-    for mode in ("cross-layer", "output-only"):
+    for mode in (HEAD, "output-only"):
         b, rb = d[f"{mode} Best-kappa"]["average"]["dsr"], d[f"{mode} RandBase"]["average"]["dsr"]
         add(f"Best-kappa above RandBase ({mode})", b > rb, f"{b:.3f} vs {rb:.3f} (RandBase mean of {SEEDS} teams)")
     for name, base in r["baselines"].items():
