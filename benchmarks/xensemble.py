@@ -12,9 +12,10 @@ either). Denoisers: 1-bit depth reduction, 3 x 3 median, rotation by -12 degrees
 MNIST team). Per query batch of B inputs, timed round-robin for `--rounds` rounds
 (medians reported):
 
-* xensemble: `XEnsemble.decide(x)`, the whole query: k denoisers, one batched forward of
-  the target on the (1 + k) B raw and denoised inputs, one of the team on the k B denoised
-  ones (one vmap call on a GPU), the decision logic.
+* xensemble: `XEnsemble.decide(x)`, the whole query: k denoisers, the target on the
+  (1 + k) B raw and denoised inputs, the team on the k B denoised ones (one vmap call on a
+  GPU; on CPU one call per model and version of B inputs, which ran faster there than one
+  (1 + k) B batch), the decision logic.
 * members only: the same forwards on already-denoised inputs: the target on the (1 + k) B
   raw and denoised inputs, the team (`StackedMembers`) on the k B denoised ones.
 * bare batched: the same inputs, one plain call per model, the sum of their times: the

@@ -223,11 +223,15 @@ class XEnsemble(Classifier):
             return ref, p  # [1 + M, 1, N, C]
         versions = self._versions(x, bpda).flatten(0, 1)  # [k N, ...]
         kk = len(self.denoisers)
-        pt = target(torch.cat([x, versions])).softmax(-1)  # [(1 + k) N, C]
+        # on CPU one call per version ran faster than one (1 + k) N batch (cache-sized batches)
+        chunk = n if x.device.type == "cpu" else None
+        both = torch.cat([x, versions])
+        pt = (target(both) if chunk is None else torch.cat([target(both[i:i + n]) for i in range(0, both.shape[0], n)]))
+        pt = pt.softmax(-1)  # [(1 + k) N, C]
         ref, pt = pt[:n], pt[n:].view(1, kk, n, -1)
         if team is None:
             return ref, pt
-        pm = team(versions).softmax(-1)  # [M, k N, C]
+        pm = team(versions, chunk=chunk).softmax(-1)  # [M, k N, C]
         return ref, torch.cat([pt, pm.view(pm.shape[0], kk, n, -1)])
 
     def votes(self, x: torch.Tensor, teams: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
