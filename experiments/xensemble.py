@@ -37,6 +37,7 @@ from bastion.defenses.ensemble import (
     load_pool,
     pairwise_matrix,
     select_team,
+    team_diversity,
     team_score,
     top_teams,
 )
@@ -207,6 +208,10 @@ def main() -> None:
     result["teams"] = {k: [{"members": [names[i] for i in t], "mean_kappa": team_score(kappa, t)} for t in v]
                        for k, v in teams.items()}
     result["top_teams"] = [[names[i] for i in t] for t in tops]
+    # the five diversity measures of each policy's teams on the FGSM examples (mean over draws)
+    result["team_diversity"] = {k: {m: statistics.mean(team_diversity(preds[[1 + i for i in t]], y)[m] for t in v)
+                                    for m in ("kappa", "q", "correlation", "disagreement", "generalized_diversity")}
+                                for k, v in teams.items()}
     table: dict[str, Any] = {}
     # input layers: the first three admitted denoisers (k = 3), and 1-bit quantization alone,
     # the input layer of the dissertation's best MNIST configuration
@@ -305,6 +310,14 @@ def markdown(r: dict[str, Any]) -> str:
     out.append("|---" * (len(k["models"]) + 1) + "|")
     for i, row in enumerate(k["matrix"]):
         out.append(f"| {k['models'][i]} | " + " | ".join("" if j < i else f"{v:.2f}" for j, v in enumerate(row)) + " |")
+    if "team_diversity" in r:
+        out += ["", "### Diversity of the teams on the FGSM examples (mean over the draws)", "",
+                "| policy | teams | kappa | Q | correlation | disagreement | generalized diversity |",
+                "|---|---|---|---|---|---|---|"]
+        for pol, dv in r["team_diversity"].items():
+            tl = "; ".join(", ".join(t["members"]) for t in r["teams"][pol][:2]) + ("; ..." if len(r["teams"][pol]) > 2 else "")
+            out.append(f"| {pol} | {tl} | {dv['kappa']:.3f} | {dv['q']:.3f} | {dv['correlation']:.3f} | "
+                       f"{dv['disagreement']:.3f} | {dv['generalized_diversity']:.3f} |")
     out += ["", "### Defense success (DSR = PSR + TSR) per attack", "", head.replace("benign", "benign acc. / false flags"), sep]
     rows = {"target alone": ta, **r["defenses"], **r["baselines"]}
     for name, d in rows.items():
