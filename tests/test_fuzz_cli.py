@@ -90,6 +90,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, str]]] = {
     "defend": (["-m", "{model}", "--defense", "median", "--out", "{out}.st"],
                {"--defense": "str", "--params": "any", "--data": "str", "--calib-n": "num", "--fit-n": "num",
                 "--eot-samples": "num", "--n": "num", "--out": "str", **COMMON}),
+    "pool build": ([], {"--config": "str", "--out": "str", "--device": "str", "--threads": "num"}),
     "info": (["{model}"], {}),
     "attacks": ([], {}),
     "models": ([], {}),
@@ -113,11 +114,13 @@ def cheap(monkeypatch):
     import bastion.attacks.registry as registry
     import bastion.audit.leakage_section as leakage
     import bastion.audit.runner as runner
+    import bastion.defenses.ensemble.pool as pool
     import bastion.training.dp as dp
     import bastion.training.pipeline as pipeline
     from bastion.attacks.base import Attack
 
     monkeypatch.setattr(pipeline, "fit", _reached)
+    monkeypatch.setattr(pool, "build_pool", _reached)
     monkeypatch.setattr(dp, "train_dp", _reached)
     monkeypatch.setattr(pipeline, "load", _tiny_load)
     monkeypatch.setattr(leakage, "attack_examples", _reached)
