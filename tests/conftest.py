@@ -23,6 +23,21 @@ os.environ.setdefault("BASTION_QUIET", "1")
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test-models"
 
 
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist each worker takes its share of the cores. Torch's default (all
+    cores in every worker) oversubscribes them, and the spinning intra-op threads made
+    latency-bound loops (universal perturbations, C&W, the tutorial run) up to 10x slower
+    than in a lone process."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        from bastion.threads import cores
+
+        torch.set_num_threads(max(1, cores() // workers))
+
+
+_share_cores_between_workers()
+
+
 @pytest.fixture(scope="session")
 def mnist_train() -> Dataset:
     return load("mnist-5k", "train")

@@ -102,6 +102,14 @@ def test_defend_feature_squeezing_is_calibrated(ckpt: Path, tmp_path: Path, caps
     from bastion.data import load
     x = load("mnist-5k", "test").x[:500]
     assert float(clf.detect(x).float().mean()) == pytest.approx(rep["test_fpr"])
+    # `bastion attack` on the detector checkpoint reports what the detector caught
+    rc = run(["attack", "--model", str(out), "--attack", "pgd", "--eps", "0.3", "--arg", "steps=10", "--n", "40",
+              "--json", "-q"])
+    assert rc == 0
+    det = _json(capsys)["detection"]
+    assert det["detector"] == "feature-squeezing"
+    assert det["false_positive_rate"]["n"] == 40 and det["detection_rate"]["value"] >= 0.5
+    assert det["robust_accuracy_with_reject"]["value"] >= det["robust_accuracy"]["value"]
 
 
 def test_defend_binary_detector_weights_round_trip(ckpt: Path, tmp_path: Path, capsys) -> None:

@@ -245,6 +245,22 @@ def test_detector_aware_attack_through_bpda_lowers_squeezing(squeezed, split):
     assert float(score(aware.x_adv).mean()) < float(score(plain.x_adv).mean()) - 0.2
 
 
+def test_detector_aware_l2_attack_lowers_squeezing_and_stays_in_the_l2_ball(squeezed, split):
+    _, _, x, y = split
+    x, y = x[:48], y[:48]
+    plain = PGD(norm="l2", eps=3.0, steps=20)(squeezed, x, y)
+    aware = DetectorAwarePGD(norm="l2", eps=3.0, steps=20)(squeezed, x, y)
+    mp = evaluate_detection(squeezed, x, plain.x_adv, y, plain.success)
+    ma = evaluate_detection(squeezed, x, aware.x_adv, y, aware.success)
+    assert ma.attack_success_rate.value >= 0.85, ma.summary()
+    assert ma.detection_rate.value < mp.detection_rate.value, (mp.summary(), ma.summary())
+    score = squeezed.detector.score
+    assert float(score(aware.x_adv).mean()) < float(score(plain.x_adv).mean()) - 0.1
+    assert float((aware.x_adv - x).flatten(1).norm(dim=1).max()) <= 3.0 + 1e-4
+    with pytest.raises(ConfigError, match="norm"):
+        DetectorAwarePGD(norm="l1")(squeezed, x[:2], y[:2])
+
+
 def test_detector_aware_attack_needs_a_detected_model(small_model, split):
     _, _, x, y = split
     with pytest.raises(ConfigError, match="Detected"):
@@ -298,14 +314,3 @@ def test_detected_refuses_a_detector_of_another_model(small_model, trained_model
         Detected(other, FeatureSqueezing(small_model))
     with pytest.raises(ConfigError, match="Detector"):
         Detected(small_model, BitDepth(1))  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- peer cross-check
-
-
-def test_bit_depth_squeezer_matches_art():
-    art = pytest.importorskip("art.defences.preprocessor")
-    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    for bits in (1, 5):
-        ref, _ = art.FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=bits)(x.numpy())
-        np.testing.assert_allclose(BitDepth(bits)(x).numpy(), ref, atol=1e-6)

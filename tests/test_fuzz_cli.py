@@ -95,6 +95,7 @@ COMMANDS: dict[str, tuple[list[str], dict[str, str]]] = {
                  "--radii": "any", "--eps": "any", "--draws": "num", "--eta": "num", "--batch-size": "num",
                  "--n": "num", "--data": "str", "--out": "str", "--denoise-epochs": "num",
                  "--denoise-objective": "str", **COMMON}),
+    "pool build": ([], {"--config": "str", "--out": "str", "--device": "str", "--threads": "num"}),
     "info": (["{model}"], {}),
     "attacks": ([], {}),
     "models": ([], {}),
@@ -119,11 +120,13 @@ def cheap(monkeypatch):
     import bastion.audit.leakage_section as leakage
     import bastion.audit.runner as runner
     import bastion.defenses.certify.run as certify_run
+    import bastion.defenses.ensemble.pool as pool
     import bastion.training.dp as dp
     import bastion.training.pipeline as pipeline
     from bastion.attacks.base import Attack
 
     monkeypatch.setattr(pipeline, "fit", _reached)
+    monkeypatch.setattr(pool, "build_pool", _reached)
     monkeypatch.setattr(dp, "train_dp", _reached)
     monkeypatch.setattr(pipeline, "load", _tiny_load)
     monkeypatch.setattr(leakage, "attack_examples", _reached)

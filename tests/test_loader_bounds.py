@@ -41,19 +41,20 @@ PEAK_BYTES = 64 << 20   # every refusal below must stay under this (tracemalloc 
 
 
 def refused(fn: Callable[[], Any], error: type[BastionError], match: str) -> tuple[float, int]:
-    """Run fn, expect `error` with a one-line message matching `match`; return (s, peak B)."""
+    """Run fn, expect `error` with a one-line message matching `match`; return (CPU s, peak B).
+    CPU time, not wall time: the bound is on the work done, whatever else shares the cores."""
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         with pytest.raises(error, match=match) as info:
             fn()
-        seconds = time.perf_counter() - t0
+        seconds = time.process_time() - t0
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert "\n" not in str(info.value), str(info.value)
     assert peak < PEAK_BYTES, f"refusal allocated {peak:,} bytes"
-    assert seconds < 5, f"refusal took {seconds:.1f} s"
+    assert seconds < 5, f"refusal took {seconds:.1f} CPU s"
     return seconds, peak
 
 
@@ -295,9 +296,9 @@ def test_cli_bomb_exits_2_with_one_line(command: str, tmp_path: Path, capsys: py
     else:
         ckpt = save_classifier(tmp_path / "s.st", small_model, dataset="mnist-5k")
         argv = ["audit", "--model", str(ckpt), "--data", "npz", "--root", str(bomb), "--out", "r"]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     assert run(argv) == 2
-    assert time.perf_counter() - t0 < 10
+    assert time.process_time() - t0 < 10  # CPU seconds: the refusal comes before any decompression
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("error:") == 1 and "decompression bomb" in " ".join(err.split())
     assert not (tmp_path / "m.st").exists()

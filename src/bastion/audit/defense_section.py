@@ -58,6 +58,16 @@ from bastion.core import Classifier, ConfigError
 
 Step = Callable[[str, Callable[[], Any]], Any]
 DEFENDED, ADAPTIVE, UNDEFENDED = "defended", "adaptive", "undefended"
+ENSEMBLE_KINDS = ("ensemble", "xensemble")
+REJECTING = ("detector", "xensemble")  # kinds whose flagged inputs count as defended
+
+
+def _screens(model: Classifier) -> bool:
+    """Whether `model` flags inputs (a detector or XEnsemble's reject option)."""
+    from bastion.defenses.detect import Detected
+    from bastion.defenses.xensemble import XEnsemble
+
+    return isinstance(model, (Detected, XEnsemble))
 
 
 class DefenseRef(BaseModel):
@@ -73,6 +83,8 @@ class DefenseSpec(BaseModel):
     defense: DefenseRef | None = Field(None, description="an input transformation")
     detector: DefenseRef | None = Field(None, description="an evasion detector (calibrated on the training split)")
     checkpoint: str | None = Field(None, description="a defended checkpoint (written by `bastion defend`)")
+    ensemble: DefenseRef | None = Field(None, description="a diversity ensemble from a pool: ensemble or xensemble "
+                                        "(bastion.defenses.ensemble.defense)")
     attacks: list[AttackSpec] = Field(min_length=1)
     benign_floor: float = Field(0.05, ge=0, le=1, description="largest acceptable clean-accuracy drop")
     calib_n: int = Field(1000, ge=1, le=1_000_000, strict=True)
@@ -91,13 +103,20 @@ def _parse(cfg: dict[str, Any]) -> DefenseSpec:
     except ValidationError as e:
         lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
         raise ConfigError("invalid defense section:\n" + "\n".join(lines)) from None
-    given = [k for k in ("defense", "detector", "checkpoint") if getattr(spec, k) is not None]
+    given = [k for k in ("defense", "detector", "checkpoint", "ensemble") if getattr(spec, k) is not None]
     if len(given) > 1:
-        raise ConfigError(f"defense section: give one of defense, detector or checkpoint, not {' and '.join(given)}")
+        raise ConfigError(f"defense section: give one of defense, detector, ensemble or checkpoint, not "
+                          f"{' and '.join(given)}")
+    if spec.ensemble is not None:
+        rec = check_defense(spec.ensemble.name, spec.ensemble.params)
+        if rec["kind"] not in ENSEMBLE_KINDS:
+            raise ConfigError(f"defense section: ensemble: takes ensemble or xensemble, got {spec.ensemble.name!r}")
     for key, kind in (("defense", "preprocess"), ("detector", "detector")):
         ref = getattr(spec, key)
         if ref is not None:
             rec = check_defense(ref.name, ref.params)
+            if rec["kind"] in ENSEMBLE_KINDS:
+                raise ConfigError(f"defense section: {ref.name!r} is a diversity ensemble; put it under ensemble:")
             if rec["kind"] != kind:
                 other = "detector" if kind == "preprocess" else "defense"
                 raise ConfigError(f"defense section: {ref.name!r} is a {rec['kind']} defense; put it under "
@@ -112,7 +131,7 @@ def _parse(cfg: dict[str, Any]) -> DefenseSpec:
     if spec.adaptive:
         from bastion.defenses.detect import DetectorAwarePGD
 
-        valid = {f.name for f in dataclasses.fields(DetectorAwarePGD)}
+        valid = {f.name for f in dataclasses.fields(DetectorAwarePGD)} - {"norm"}  # the attack's norm
         extra = sorted(set(spec.adaptive) - valid)
         if extra:
             raise ConfigError(f"defense section: the detector-aware attack has no parameter {', '.join(extra)}; "
@@ -138,13 +157,11 @@ def _norms(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
 def _outcome(scorer: Classifier, x: torch.Tensor, x_adv: torch.Tensor, norm: str) -> dict[str, Any]:
     """Per-example predictions of the scoring model on x_adv, perturbation norms and, for a
     detector, flags on x_adv."""
-    from bastion.defenses.detect import Detected
-
     x_adv = x_adv.detach().cpu()
     out: dict[str, Any] = {"pred": scorer.predict(x_adv).cpu().tolist(),
                            "norm": _norms(x_adv, x.cpu(), norm).tolist()}
-    if isinstance(scorer, Detected):
-        out["flagged"] = scorer.detect(x_adv).cpu().int().tolist()
+    if _screens(scorer):
+        out["flagged"] = scorer.detect(x_adv).cpu().int().tolist()  # type: ignore[operator]
     return out
 
 
@@ -167,8 +184,14 @@ def _run_attack(attack: Any, target: Classifier, scorer: Classifier, x: torch.Te
 def _adaptive_target(defended: Classifier, black_box: bool) -> tuple[Classifier | None, str]:
     """The surrogate a gradient attack should use on `defended` and its name; (None, '') when
     the plain attack already is the adaptive one."""
+    from bastion.defenses.ensemble.ensemble import Ensemble
     from bastion.defenses.preprocess import Preprocessed
+    from bastion.defenses.xensemble import XEnsemble
 
+    if not black_box and isinstance(defended, XEnsemble):
+        return defended.adaptive(), "BPDA mean-probability surrogate"
+    if not black_box and isinstance(defended, Ensemble) and defended.consensus != "soft":
+        return defended.adaptive(), "soft-vote surrogate"
     if black_box or not isinstance(defended, Preprocessed) or not defended.masks_gradients:
         return None, ""
     t = defended.transform
@@ -215,33 +238,36 @@ def evaluate_defense(undefended: Classifier, defended: Classifier, attacks: list
     step = step or (lambda _k, fn: fn())
     x, y = x.cpu(), y.cpu()
     is_det = isinstance(defended, Detected)
+    screens = _screens(defended)
 
     def clean_work() -> dict[str, Any]:
         torch.manual_seed(seed)
         out = {"undefended": undefended.predict(x).cpu().tolist(), "defended": defended.predict(x).cpu().tolist()}
-        if is_det:
+        if screens:
             out["flagged"] = defended.detect(x).cpu().int().tolist()  # type: ignore[attr-defined]
         return out
 
     clean = step(f"{key}/clean/n={len(y)}/seed={seed}", clean_work)
     correct_u = torch.tensor(clean["undefended"]) == y
     correct_d = torch.tensor(clean["defended"]) == y
-    fpr_mask = torch.tensor(clean["flagged"], dtype=torch.bool) if is_det else None
+    fpr_mask = torch.tensor(clean["flagged"], dtype=torch.bool) if screens else None
     clean_rec = {"undefended_accuracy": float(correct_u.float().mean()),
                  "defended_accuracy": float(correct_d.float().mean()), "n": len(y),
                  "false_positive_rate": None if fpr_mask is None else float(fpr_mask.float().mean()),
                  "false_positive_ci": None if fpr_mask is None else _rate(fpr_mask)[1]}
     rows: list[dict[str, Any]] = []
     robust_all: dict[tuple[str, float], torch.Tensor] = {}
-    detector_aware: dict[float, dict[str, Any]] = {}
+    detector_aware: dict[tuple[str, float], dict[str, Any]] = {}
 
-    def detector_aware_run(eps: float) -> dict[str, Any]:
-        if eps not in detector_aware:
-            atk = DetectorAwarePGD(**{"batch_size": batch_size, **(adaptive or {}), "eps": eps})
-            detector_aware[eps] = step(
-                f"{key}/pgd-detector-aware/eps={eps}/{json.dumps(adaptive or {}, sort_keys=True)}/n={len(y)}/"
-                f"seed={seed}", lambda: _run_attack(atk, defended, defended, x, y, "linf", seed))
-        return detector_aware[eps]
+    def detector_aware_run(norm: str, eps: float) -> dict[str, Any]:
+        if (norm, eps) not in detector_aware:
+            atk = DetectorAwarePGD(**{"batch_size": batch_size, **(adaptive or {}), "eps": eps, "norm": norm})
+            # the Linf key keeps its earlier form so that finished runs are reused
+            tag = "" if norm == "linf" else f"/norm={norm}"
+            detector_aware[norm, eps] = step(
+                f"{key}/pgd-detector-aware{tag}/eps={eps}/{json.dumps(adaptive or {}, sort_keys=True)}/"
+                f"n={len(y)}/seed={seed}", lambda: _run_attack(atk, defended, defended, x, y, norm, seed))
+        return detector_aware[norm, eps]
 
     for a in attacks:
         label = _label(a)
@@ -265,8 +291,8 @@ def evaluate_defense(undefended: Classifier, defended: Classifier, attacks: list
             for b in budgets if minimum_norm else [eps]:
                 assert b is not None
                 adaptive_run, adaptive_name = runs.get(ADAPTIVE), how
-                if is_det and norm == "linf" and not cls.black_box:
-                    adaptive_run, adaptive_name = detector_aware_run(b), "pgd-detector-aware"
+                if is_det and norm in DetectorAwarePGD.norms and not cls.black_box:
+                    adaptive_run, adaptive_name = detector_aware_run(norm, b), "pgd-detector-aware"
                 rob_u, fool_u, _ = _masks(runs[UNDEFENDED], y, correct_u, b, minimum_norm)
                 rob_d, fool_d, flag_d = _masks(runs[DEFENDED], y, correct_d, b, minimum_norm)
                 rec: dict[str, Any] = {"attack": label, "norm": norm, "eps": b,
@@ -341,7 +367,7 @@ def _defended_pair(ctx: AuditContext, spec: DefenseSpec) -> tuple[Classifier, Cl
 
         defended = load_classifier(spec.checkpoint, device=model.device)
         return base_model(defended), defended, defended_record(defended)[0]
-    ref = spec.defense or spec.detector
+    ref = spec.defense or spec.detector or spec.ensemble
     base = base_model(model)
     if ref is None:
         if not is_defended(model):
@@ -392,7 +418,7 @@ def run_defense(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
                    "benign_floor": spec.benign_floor, "masking_drop": th.defense_masking_drop}
     cols = ["attack", "norm", "eps", "robust_undefended", "robust_defended", "adaptive_attack", "robust_adaptive",
             "asr_undefended", "asr_defended", "asr_adaptive", "asr_diff", "asr_diff_ci", "flags"]
-    if record["kind"] == "detector":
+    if record["kind"] in REJECTING:
         cols[8:8] = ["detection_rate", "detection_rate_adaptive"]
     why = masking_words(record["kind"])
     for r in rows:
@@ -405,9 +431,9 @@ def run_defense(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
         + ("" if clean["false_positive_rate"] is None else
            f", false-positive rate of the detector on clean inputs {clean['false_positive_rate']:.3f}")
         + f" (n = {clean['n']}). robust_*: share of all examples still classified correctly"
-        + (" or flagged" if record["kind"] == "detector" else "")
+        + (" or flagged" if record["kind"] in REJECTING else "")
         + "; asr_*: share of the initially correct examples fooled"
-        + (" and not flagged" if record["kind"] == "detector" else "")
+        + (" and not flagged" if record["kind"] in REJECTING else "")
         + "; adaptive: the attack aimed at the defense (BPDA, EOT or detector-aware PGD), scored on the "
           "defended model; asr_diff: undefended ASR - defended ASR with its 95% interval."))
     out.tables.append(ReportTable(
@@ -422,6 +448,8 @@ def run_defense(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
 
 def masking_words(kind: str) -> str:
     """What a drop under the adaptive attack means for this kind of defense."""
+    if kind in ENSEMBLE_KINDS:
+        return "the ensemble is fooled by an attacker who attacks all of its members at once"
     return ("gradient masking" if kind == "preprocess" else
             "the detector is evaded by an attacker who knows it")
 

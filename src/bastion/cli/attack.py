@@ -143,6 +143,7 @@ def attack_cmd(
     from bastion.attacks.evasion.targets import TARGET_MODES, select_targets
     from bastion.core import seed_everything, unknown_name
     from bastion.data import load
+    from bastion.defenses.detect import Detected, evaluate_detection
     from bastion.metrics.evasion import evasion_metrics
     from bastion.progress import task
 
@@ -174,6 +175,14 @@ def attack_cmd(
                "targeted_mode": targeted, "seed": seed, "device": str(clf.device)}
     summary["params"] = res.params
     summary.update(thr)
+    detection_rows: list[list[Any]] = []
+    if isinstance(clf, Detected):
+        # a flagged adversarial input is detected, a flagged clean input a false positive
+        det = evaluate_detection(clf, x, res.x_adv, y, res.success)
+        summary["detection"] = {"detector": clf.detector.name, **det.to_dict()}
+        detection_rows = [[label, f"{r.value:.4f} [{r.low:.4f}, {r.high:.4f}]"] for label, r in (
+            ("detection rate", det.detection_rate), ("false-positive rate", det.false_positive_rate),
+            ("robust acc with reject", det.robust_accuracy_with_reject))]
     if out is not None:
         r = res.cpu()
         arrays = {"x": r.x.numpy(), "x_adv": r.x_adv.numpy(), "y": r.y.numpy(),
@@ -185,6 +194,7 @@ def attack_cmd(
     rows = [[HEADERS.get(k, k), summary.get(k)] for k in ("attack", "n", "clean_accuracy", "robust_accuracy", "asr", "clean_error",
                                           "mr", "mean_conf", "mean_l2", "mean_linf", "mean_l0",
                                           "ssim", "psnr", "queries_mean", "time_per_example_s")]
+    rows += detection_rows
     console.print(table(f"{res.attack} on {model.name}", ["metric", "value"], rows))
     if out is not None:
         console.print(f"[green]wrote[/] {out}", highlight=False)

@@ -54,7 +54,8 @@ def defend_cmd(
     bounds: str = BOUNDS_OPTION,
     defense: str = typer.Option(..., "--defense", help="A transformation (bit-depth, median, mean, gaussian-blur, "
                                 "rotation, nlm, jpeg, gaussian-noise, tv, chain) or a detector "
-                                "(feature-squeezing, binary, l1)."),
+                                "(feature-squeezing, binary, l1), or a diversity ensemble from a pool (ensemble, xensemble: "
+                                "--params pool=DIR n=3 policy=best-kappa threshold=0.34)."),
     params: list[str] = typer.Option(None, "--params", "--param",
                                      help="Defense parameter key=value (repeatable), e.g. kernel=3 (k=3), "
                                           "bits=1, quality=75, fpr=0.05."),
@@ -97,7 +98,7 @@ def defend_cmd(
     data = data or clf.meta.get("dataset")
     if data is None:
         raise ConfigError("no data set: pass --data (needed to check and calibrate the defense)")
-    train = load(data, "train", root=root) if rec["kind"] == "detector" else None
+    train = load(data, "train", root=root) if rec["kind"] in ("detector", "ensemble", "xensemble") else None
     test = load(data, "test", root=root).take(n)
     if tuple(test.input_shape) != clf.spec.shape:
         raise ConfigError(f"data {data!r} has inputs of shape {test.input_shape}, the model expects "
@@ -119,6 +120,20 @@ def defend_cmd(
         report.update(threshold=det.threshold, fpr=det.fpr, calibration=det.calibration, test_fpr=fpr)
         rows += [["threshold", det.threshold], ["calibrated fpr (train split)", det.calibration.get(
             "benign_flagged")], ["false-positive rate (test)", fpr]]
+    if rec["kind"] == "xensemble":
+        pred, flagged = defended.predict_with_reject(test.x)  # type: ignore[attr-defined]
+        flag_rate = float(flagged.float().mean())
+        answered = float(((pred.cpu() == test.y) & ~flagged.cpu()).float().mean())
+        record = defended.meta["defended"]
+        report.update(false_flag_rate=flag_rate, answered_accuracy=answered, teams=record["teams"],
+                      denoisers=record["denoisers"], admission=record["admission"])
+        rows += [["benign false-flag rate (test)", flag_rate], ["answered and correct (test)", answered],
+                 ["team(s)", "; ".join(",".join(record["members"][i] for i in t) for t in record["teams"])],
+                 ["denoisers admitted", ", ".join(d["name"] for d in record["denoisers"]) or "-"]]
+    elif rec["kind"] == "ensemble":
+        record = defended.meta["defended"]
+        report.update(teams=record["teams"])
+        rows += [["team", ",".join(record["members"][i] for i in record["teams"][0])]]
     save_defended(out, defended, defended_test_accuracy=served)
     from bastion.defenses.saved import defended_record
 

@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "bastion.cli.leak",
     "bastion.cli.mia",
     "bastion.cli.privacy",
+    "bastion.cli.pool",
 )
 
 for _mod in COMMAND_MODULES:

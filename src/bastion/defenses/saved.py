@@ -31,6 +31,7 @@ from bastion.data.dataset import Dataset
 from bastion.params import build
 
 PREPROCESS, DETECTOR = "preprocess", "detector"
+ENSEMBLE_KINDS = ("ensemble", "xensemble")  # bastion.defenses.ensemble.defense
 TENSOR_PREFIX = "defense."
 DETECTOR_PREFIX = "defense.detector."
 DEFAULT_CALIBRATION = 1000  # benign inputs the threshold is calibrated on
@@ -44,10 +45,12 @@ def defense_names() -> dict[str, str]:
     """Every name `make_defense` accepts, with its kind ('preprocess' or 'detector')."""
     from bastion.defenses.detect.registry import ALIASES as DET_ALIASES
     from bastion.defenses.detect.registry import DETECTORS
+    from bastion.defenses.ensemble.defense import KINDS
     from bastion.defenses.preprocess import TRANSFORMS
 
     out = {n: PREPROCESS for n in TRANSFORMS}
     out.update({n: DETECTOR for n in (*DETECTORS, *DET_ALIASES)})
+    out.update({n: n for n in KINDS})  # diversity ensembles: kind = name
     return out
 
 
@@ -59,7 +62,7 @@ def kind_of(name: str) -> str:
 
     kind = defense_names().get(str(name).lower())
     if kind is None:
-        raise unknown_name("defense", str(name), [*TRANSFORMS, *DETECTORS])
+        raise unknown_name("defense", str(name), [*TRANSFORMS, *DETECTORS, "ensemble", "xensemble"])
     return kind
 
 
@@ -94,6 +97,11 @@ def check_defense(name: str, params: dict[str, Any] | None = None) -> dict[str, 
     {'kind', 'name', 'params'} that `make_defense` takes."""
     params = dict(params or {})
     kind = kind_of(name)
+    if kind in ENSEMBLE_KINDS:
+        from bastion.defenses.ensemble.defense import check_params
+
+        check_params(kind, params)
+        return {"kind": kind, "name": kind, "params": params}
     if kind == PREPROCESS:
         from bastion.defenses.preprocess import get_transform
 
@@ -135,8 +143,16 @@ def make_defense(model: Classifier, name: str, params: dict[str, Any] | None = N
     `fit_n`) at the detector's false-positive rate. The L1 rule (Wei et al. 2020) keeps its
     fixed, attack-independent bound unless `fpr` is given."""
     rec = check_defense(name, params)
-    if isinstance(model, _defended_types()):
+    if is_defended(model):
         raise ConfigError(f"{model.name} is already a defended model; defend its base model instead")
+    if rec["kind"] in ENSEMBLE_KINDS:
+        from bastion.defenses.ensemble.defense import DEFAULT_VALIDATION, make
+
+        if train is None:
+            raise ConfigError(f"defense {rec['name']!r} needs benign training inputs to choose its team and denoisers")
+        _, calib = calibration_split(train, min(calib_n, DEFAULT_VALIDATION))
+        torch.manual_seed(seed)
+        return make(model, rec["kind"], rec["params"], calib.x, calib.y)
     if rec["kind"] == PREPROCESS:
         from bastion.defenses.preprocess import DEFAULT_EOT_SAMPLES, Preprocessed, get_transform
 
@@ -175,8 +191,11 @@ def _defended_types() -> tuple[type, ...]:
 def defended_record(defended: Classifier) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The `defended` metadata record and the extra tensors of a defended model."""
     from bastion.defenses.detect import Detected
+    from bastion.defenses.ensemble.defense import is_ensemble_defense
     from bastion.defenses.preprocess import Preprocessed
 
+    if is_ensemble_defense(defended):
+        return _jsonable(defended.meta["defended"]), {}
     if isinstance(defended, Preprocessed):
         t = defended.transform
         params = defended.meta.get("defended", {}).get("params") if defended.meta.get("defended") else None
@@ -229,7 +248,7 @@ def save_defended(path: str | Path, defended: Classifier, **meta: Any) -> Path:
     from bastion.models.checkpoint import save_classifier
 
     rec, tensors = defended_record(defended)
-    base = defended.module
+    base = base_model(defended)
     assert isinstance(base, Classifier)
     return save_classifier(path, base, defended=rec, extra_tensors=tensors, **meta)
 
@@ -237,6 +256,13 @@ def save_defended(path: str | Path, defended: Classifier, **meta: Any) -> Path:
 def wrap_defended(clf: Classifier, record: Any, tensors: dict[str, torch.Tensor],
                   path: str | Path = "checkpoint") -> Classifier:
     """Rebuild the defended model a checkpoint records around its loaded base model."""
+    if isinstance(record, dict) and record.get("kind") in ENSEMBLE_KINDS and isinstance(record.get("params"), dict):
+        from bastion.defenses.ensemble.defense import make
+
+        try:
+            return make(clf, record["kind"], record["params"], None, None, record)  # type: ignore[arg-type]
+        except (ConfigError, RuntimeError, TypeError, ValueError, KeyError, IndexError) as e:
+            raise CheckpointError(f"{path}: the recorded {record['kind']} defense cannot be rebuilt ({e})"[:400]) from None
     if not isinstance(record, dict) or record.get("kind") not in (PREPROCESS, DETECTOR) or not isinstance(
             record.get("name"), str) or not isinstance(record.get("params", {}), dict):
         raise CheckpointError(f"{path}: metadata 'defended' must be an object with kind preprocess or "
@@ -279,8 +305,13 @@ def wrap_defended(clf: Classifier, record: Any, tensors: dict[str, torch.Tensor]
 
 def base_model(model: Classifier) -> Classifier:
     """The undefended model inside a defended one (the model itself otherwise)."""
+    base = getattr(model, "_base", None)  # an ensemble defense keeps its protected model here
+    if isinstance(base, Classifier):
+        return base
     return model.module if isinstance(model, _defended_types()) else model  # type: ignore[return-value]
 
 
 def is_defended(model: Classifier) -> bool:
-    return isinstance(model, _defended_types())
+    from bastion.defenses.ensemble.defense import is_ensemble_defense
+
+    return isinstance(model, _defended_types()) or is_ensemble_defense(model)

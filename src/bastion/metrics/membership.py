@@ -152,34 +152,3 @@ def sliced(scores: Array, labels: Array, slices: Mapping[str, Array],
         sub = lab[m]
         out[name] = metric(s[m], sub) if sub.any() and not sub.all() else None
     return out
-
-
-def plot_roc(curves: Mapping[str, tuple[Array, Array]], title: str = "Membership inference ROC",
-             log: bool = True) -> Any:
-    """A matplotlib figure with one ROC per entry `name -> (scores, labels)`, on log-log
-    axes by default (the low-FPR regime is what matters), with the chance diagonal."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.8, 4.4))
-    lo = 1.0
-    for name, (scores, labels) in curves.items():
-        f, t, _ = roc_curve(scores, labels)
-        n_neg = int((~_np(labels, dtype=bool)).sum())
-        lo = min(lo, 1.0 / max(n_neg, 1))
-        ax.plot(f, t, label=f"{name} (AUC {_trapz(t, f):.3f}, TPR@1% {t[f <= 0.01 + 1e-12].max():.3f})",
-                lw=1.4)
-    grid = np.logspace(np.log10(lo), 0, 100) if log else np.linspace(0, 1, 100)
-    ax.plot(grid, grid, "k--", lw=0.8, label="chance")
-    if log:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(lo, 1)
-        ax.set_ylim(lo, 1)
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return fig

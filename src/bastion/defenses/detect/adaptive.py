@@ -1,7 +1,7 @@
 """A detector-aware attack (Carlini & Wagner 2017, "Adversarial examples are not easily
 detected: bypassing ten detection methods"): fool the classifier and the detector at once.
 
-Linf PGD (Madry et al. 2018) ascends, per input,
+PGD (Madry et al. 2018; Linf or L2) ascends, per input,
 
     L(x) = min(max_{j != y} z_j(x) - z_y(x), kappa) - lambda * s(x)
 
@@ -13,10 +13,17 @@ through; Athalye et al. 2018), as in `bastion.attacks.evasion.adaptive`. With
 `loss='ce'` the classification term is the cross-entropy instead. Every iterate is
 checked with the detector's own threshold; each input keeps the iterate that is
 misclassified and not flagged with the lowest score, else the last misclassified iterate,
-else the last one. With `gate=True` the score term only acts on inputs that are already
-misclassified (the first steps are then plain PGD); measured on MNIST this oscillates
+else the last one. Against a prediction-distance detector (feature squeezing, the L1
+rule) the classification term is summed over the input and each of its transformed
+copies (`copies=True`), so that the copies are pushed to the same wrong class and their
+predictions agree, as in He et al. (2017, "ensembles of weak defenses are not strong");
+measured on MNIST against feature squeezing this lowers detection from 79% to 67% (Linf
+0.3) and from 53% to 33% (L2 3.0) at about equal success.
+
+With `gate=True` the score term only acts on inputs that are already misclassified (the first steps are then plain PGD); measured on MNIST this oscillates
 across the decision boundary and evades less than the default, which pursues both terms
-at every step.
+at every step. Under `norm='l2'` each step follows the L2-normalised gradient and the
+iterate is projected back onto the L2 ball (the L2 budget of C&W's own bypass attacks).
 
 The attack runs against a `Detected` model (it reads the detector from it).
 """
@@ -30,18 +37,20 @@ import torch
 import torch.nn.functional as F
 
 from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput
-from bastion.attacks.evasion.pgd import check_budget, random_start
+from bastion.attacks.evasion.pgd import check_budget, flat_norm, project, random_start
 from bastion.core import Classifier, ConfigError
 
 LOSSES = ("margin", "ce")
+NORMS = ("linf", "l2")
 
 
 @dataclass
 class DetectorAwarePGD(Attack):
-    """Linf PGD on classification loss - lambda * detector score (Carlini & Wagner 2017).
+    """PGD on classification loss - lambda * detector score (Carlini & Wagner 2017).
 
     Attributes:
-        eps: Linf budget (0.3, the MNIST budget of Madry et al. 2018).
+        eps: budget in `norm` (0.3, the Linf MNIST budget of Madry et al. 2018).
+        norm: 'linf' (default) or 'l2'.
         alpha: step size; None = 2.5 eps / steps (the Madry-lab rule).
         steps: iterations (100).
         lam: weight lambda of the detector score (1.0).
@@ -51,14 +60,17 @@ class DetectorAwarePGD(Attack):
         seed: seeds the random start.
         batch_size: inputs per batch.
         gate: apply the score term only to inputs already misclassified.
+        copies: against a prediction-distance detector (feature squeezing, the L1 rule),
+            sum the classification term over the input and each transformed copy.
     """
 
     name = "pgd-detector-aware"
     kind = FIXED_BUDGET
-    norms = ("linf",)
+    norms = NORMS
     supports_targeted = False
 
     eps: float = 0.3
+    norm: str = "linf"
     alpha: float | None = None
     steps: int = 100
     lam: float = 1.0
@@ -68,6 +80,7 @@ class DetectorAwarePGD(Attack):
     seed: int = 0
     batch_size: int = 256
     gate: bool = False
+    copies: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -81,6 +94,8 @@ class DetectorAwarePGD(Attack):
             raise ConfigError(f"{self.name}: alpha must be positive, got {self.alpha!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"{self.name}: steps and batch_size must be >= 1")
+        if self.norm not in NORMS:
+            raise ConfigError(f"{self.name}: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         if self.loss not in LOSSES:
             raise ConfigError(f"{self.name}: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
@@ -98,7 +113,7 @@ class DetectorAwarePGD(Attack):
         if model.detector.threshold is None:
             raise ConfigError(f"{self.name}: the {model.detector.name} detector has no threshold; "
                               "calibrate it first")
-        check_budget(self.name, "linf", self.eps, model)
+        check_budget(self.name, self.norm, self.eps, model)
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         out = [self._batch(model, x[i:i + self.batch_size], y[i:i + self.batch_size], gen)
                for i in range(0, x.shape[0], self.batch_size)]
@@ -107,14 +122,23 @@ class DetectorAwarePGD(Attack):
 
     def _objective(self, model: Classifier, xa: torch.Tensor, y: torch.Tensor,
                    lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from bastion.defenses.detect.distance import PredictionDistance
+
         det = model.detector  # type: ignore[attr-defined]
-        logits = model(xa)
+        n = xa.shape[0]
+        views = [xa]
+        if self.copies and isinstance(det, PredictionDistance):
+            views += [det._through(t, xa) for t in det.transforms]
+        all_logits = model(torch.cat(views)) if len(views) > 1 else model(xa)
+        logits = all_logits[:n]
+        yy = y.repeat(len(views))
         if self.loss == "ce":
-            cls = F.cross_entropy(logits, y, reduction="none")
+            cls = F.cross_entropy(all_logits, yy, reduction="none")
         else:
-            true = logits.gather(1, y[:, None]).squeeze(1)
-            other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -float("inf"))
+            true = all_logits.gather(1, yy[:, None]).squeeze(1)
+            other = all_logits.masked_fill(F.one_hot(yy, all_logits.shape[1]).bool(), -float("inf"))
             cls = (other.max(1).values - true).clamp(max=self.kappa)
+        cls = cls.view(len(views), n).sum(0)
         score = det.differentiable_score(xa)
         weight = lam
         if self.gate:
@@ -126,7 +150,7 @@ class DetectorAwarePGD(Attack):
         lo, hi = model.spec.bounds
         thr = float(model.detector.threshold)  # type: ignore[attr-defined]
         box_lo, box_hi = (x0 - self.eps).clamp(lo, hi), (x0 + self.eps).clamp(lo, hi)
-        xa = random_start(x0, "linf", self.eps, gen, lo, hi) if self.random_start else x0.clone()
+        xa = random_start(x0, self.norm, self.eps, gen, lo, hi) if self.random_start else x0.clone()
         best = x0.clone()
         best_score = torch.full((x0.shape[0],), float("inf"), device=x0.device)
         found = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
@@ -150,6 +174,10 @@ class DetectorAwarePGD(Attack):
                 break
             (grad,) = torch.autograd.grad(obj.sum(), xa)
             with torch.no_grad():
-                xa = torch.min(torch.max(xa + self.step_size * grad.sign(), box_lo), box_hi)
+                if self.norm == "linf":
+                    xa = torch.min(torch.max(xa + self.step_size * grad.sign(), box_lo), box_hi)
+                else:
+                    xa = xa + self.step_size * grad / flat_norm(grad, 2).clamp_min(1e-12)
+                    xa = (x0 + project(xa - x0, "l2", self.eps)).clamp(lo, hi)
         last = torch.where(fooled.view(view), fallback, xa.detach())
         return torch.where(found.view(view), best, last)

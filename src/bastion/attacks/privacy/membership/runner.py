@@ -168,7 +168,9 @@ class MembershipReport:
         return {"results": self.results, "threat_model": self.threat_model, "timings": self.timings}
 
     def figure(self, title: str = "Membership inference ROC (log-log)") -> Any:
-        return mm.plot_roc({a: (s, self.labels) for a, s in self.scores.items()}, title=title)
+        from bastion.audit.plots import roc_figure
+
+        return roc_figure({a: (s, self.labels) for a, s in self.scores.items()}, title=title)
 
 
 def _draw(n: int, k: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
