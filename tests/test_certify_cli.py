@@ -86,3 +86,11 @@ def test_train_sigma_refused_for_other_defenses(tmp_path: Path, capsys) -> None:
     rc = run(["train", "--model", "mlp", "--out", str(tmp_path / "m.st"), "--defense", "pgd-at", "--sigma", "0.3"])
     assert rc == 2 and "has none" in capsys.readouterr().err
     assert not (tmp_path / "m.st").exists()
+
+
+def test_attack_on_a_certification_checkpoint_says_what_it_attacks(ckpts: dict[str, Path], capsys) -> None:
+    capsys.readouterr()
+    assert run(["attack", "--model", str(ckpts["pixeldp"]), "--attack", "fgsm", "--eps", "0.1", "--n", "8",
+                "--threads", "1"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "trained for certification (pixeldp)" in err and "bastion certify" in err

@@ -158,6 +158,11 @@ def attack_cmd(
     if targeted is not None and not type(atk).supports_targeted:
         raise ConfigError(f"attack {type(atk).name!r} is untargeted only; drop --targeted")
     clf = load_model_from_options(model, weights, input_shape, num_classes, mean, std, bounds, model_arg, device)
+    trained_for = (clf.meta.get("defense") or {}).get("name") if isinstance(clf.meta.get("defense"), dict) else None
+    if trained_for in ("pixeldp", "gaussian-aug"):
+        console.print(f"note: {model.name} was trained for certification ({trained_for}); this attacks its network "
+                      "without the noise; `bastion certify` evaluates the certified model", highlight=False,
+                      soft_wrap=True)
     data = data or clf.meta.get("dataset") or "mnist-5k"
     test = load(data, "test", root=root)
     seed_everything(seed)
