@@ -298,10 +298,11 @@ def as_classifier(model: nn.Module, spec: InputSpec | None = None, num_classes: 
 
 
 def lp_norms(delta: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-example L0 (count of changed values, tolerance 1e-8), L2 and Linf of a batch."""
+    """Per-example L0 (count of changed values, tolerance 1e-8), L1, L2 and Linf of a batch."""
     flat = delta.detach().flatten(1).float()
     return {
         "l0": (flat.abs() > 1e-8).sum(1).float(),
+        "l1": flat.abs().sum(1),
         "l2": flat.norm(p=2, dim=1),
         "linf": flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0]),
     }
@@ -355,7 +356,7 @@ class AttackResult:
 
     @property
     def norms(self) -> dict[str, torch.Tensor]:
-        """Per-example L0, L2 and Linf of x_adv - x."""
+        """Per-example L0, L1, L2 and Linf of x_adv - x."""
         return lp_norms(self.x_adv - self.x)
 
     @property

@@ -13,7 +13,7 @@ Per attack and budget: clean accuracy, robust accuracy of the undefended model, 
 defended model under the attack as configured, and of the defended model under the
 adaptive attack (Athalye, Carlini & Wagner 2018): BPDA for a non-differentiable
 transformation, EOT for a random one (`Preprocessed.adaptive()`), and the detector-aware
-PGD of Carlini & Wagner (2017) for a detector (Linf budgets). For a detector, an input is
+PGD of Carlini & Wagner (2017) for a detector (Linf and L2 budgets). For a detector, an input is
 defended when it is classified correctly or flagged, and the table adds the detection rate
 (flagged share of the successful adversarial inputs) and the false-positive rate on the
 clean inputs. The success-rate difference undefended ASR - defended ASR comes with its
@@ -54,7 +54,7 @@ from bastion.audit.sections import (
     SectionOutput,
     register_section,
 )
-from bastion.core import Classifier, ConfigError
+from bastion.core import Classifier, ConfigError, lp_norms
 
 Step = Callable[[str, Callable[[], Any]], Any]
 DEFENDED, ADAPTIVE, UNDEFENDED = "defended", "adaptive", "undefended"
@@ -143,23 +143,12 @@ def _parse(cfg: dict[str, Any]) -> DefenseSpec:
 # --------------------------------------------------------------------------- evaluation
 
 
-def _norms(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
-    d = (x_adv - x).flatten(1).float()
-    if norm == "linf":
-        return d.abs().amax(1)
-    if norm == "l2":
-        return d.norm(p=2, dim=1)
-    if norm == "l1":
-        return d.abs().sum(1)
-    return (d.abs() > 1e-8).sum(1).float()
-
-
 def _outcome(scorer: Classifier, x: torch.Tensor, x_adv: torch.Tensor, norm: str) -> dict[str, Any]:
     """Per-example predictions of the scoring model on x_adv, perturbation norms and, for a
     detector, flags on x_adv."""
     x_adv = x_adv.detach().cpu()
     out: dict[str, Any] = {"pred": scorer.predict(x_adv).cpu().tolist(),
-                           "norm": _norms(x_adv, x.cpu(), norm).tolist()}
+                           "norm": lp_norms(x_adv - x.cpu())[norm].tolist()}
     if _screens(scorer):
         out["flagged"] = scorer.detect(x_adv).cpu().int().tolist()  # type: ignore[operator]
     return out
