@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from bastion.attacks.base import FIXED_BUDGET, Attack, RunOutput
 from bastion.attacks.evasion.pgd import check_budget, flat_norm, project, random_start
 from bastion.core import Classifier, ConfigError
+from bastion.defenses.detect.distance import PredictionDistance
 
 LOSSES = ("margin", "ce")
 NORMS = ("linf", "l2")
@@ -122,24 +123,22 @@ class DetectorAwarePGD(Attack):
 
     def _objective(self, model: Classifier, xa: torch.Tensor, y: torch.Tensor,
                    lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from bastion.defenses.detect.distance import PredictionDistance
-
         det = model.detector  # type: ignore[attr-defined]
         n = xa.shape[0]
-        views = [xa]
-        if self.copies and isinstance(det, PredictionDistance):
-            views += [det._through(t, xa) for t in det.transforms]
-        all_logits = model(torch.cat(views)) if len(views) > 1 else model(xa)
+        copies = self.copies and isinstance(det, PredictionDistance)
+        # with copies, one forward pass over the input and its copies gives both terms
+        all_logits = model(det.views(xa)) if copies else model(xa)
         logits = all_logits[:n]
-        yy = y.repeat(len(views))
+        yy = y.repeat(all_logits.shape[0] // n)
         if self.loss == "ce":
             cls = F.cross_entropy(all_logits, yy, reduction="none")
         else:
             true = all_logits.gather(1, yy[:, None]).squeeze(1)
             other = all_logits.masked_fill(F.one_hot(yy, all_logits.shape[1]).bool(), -float("inf"))
             cls = (other.max(1).values - true).clamp(max=self.kappa)
-        cls = cls.view(len(views), n).sum(0)
-        score = det.differentiable_score(xa)
+        cls = cls.view(-1, n).sum(0)
+        score = (det.distances_of_logits(all_logits).max(1).values if copies
+                 else det.differentiable_score(xa))
         weight = lam
         if self.gate:
             weight = lam * (logits.argmax(-1) != y).to(score.dtype).detach()

@@ -81,14 +81,21 @@ class PredictionDistance(Detector):
         hx = t.approximation(x, bounds)
         return hx + (tx - hx).detach()
 
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """x followed by each transformed copy, one batch of (1 + len(transforms)) N inputs,
+        with gradients (BPDA where needed)."""
+        return torch.cat([x] + [self._through(t, x) for t in self.transforms])
+
+    def distances_of_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """[N, len(transforms)] L1 distances from the classifier's logits on `views(x)`."""
+        p = logits.softmax(-1).view(len(self.transforms) + 1, -1, logits.shape[-1])
+        return (p[1:] - p[:1]).abs().sum(-1).t()
+
     def distances(self, x: torch.Tensor) -> torch.Tensor:
         """[N, len(transforms)] L1 distances, with gradients (BPDA where needed)."""
         model = self.classifier
         assert model is not None
-        n = x.shape[0]
-        batch = torch.cat([x] + [self._through(t, x) for t in self.transforms])
-        p = model(batch).softmax(-1).view(len(self.transforms) + 1, n, -1)
-        return (p[1:] - p[:1]).abs().sum(-1).t()
+        return self.distances_of_logits(model(self.views(x)))
 
     def differentiable_score(self, x: torch.Tensor) -> torch.Tensor:
         return self.distances(x).max(1).values
