@@ -24,7 +24,7 @@ evaluation: neither transforms the input.
 Writes docs/results/defense_table.json (cnn-small) or defense_table_cnn7.json and prints the
 markdown tables.
 
-    python experiments/defense_table.py --model cnn7 --trained --n 100 --threads 1
+    python experiments/defense_table.py --model cnn7 --trained --at-epochs 12 --n 100 --threads 1
 """
 
 from __future__ import annotations

@@ -158,7 +158,8 @@ def attack_cmd(
     if targeted is not None and not type(atk).supports_targeted:
         raise ConfigError(f"attack {type(atk).name!r} is untargeted only; drop --targeted")
     clf = load_model_from_options(model, weights, input_shape, num_classes, mean, std, bounds, model_arg, device)
-    trained_for = (clf.meta.get("defense") or {}).get("name") if isinstance(clf.meta.get("defense"), dict) else None
+    trained = clf.meta.get("defense")
+    trained_for = trained.get("name") if isinstance(trained, dict) else None
     if trained_for in ("pixeldp", "gaussian-aug"):
         console.print(f"note: {model.name} was trained for certification ({trained_for}); this attacks its network "
                       "without the noise; `bastion certify` evaluates the certified model", highlight=False,
