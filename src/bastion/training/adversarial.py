@@ -380,6 +380,13 @@ def adversarial_fit(clf: Classifier, train: Dataset, test: Dataset | None = None
 
     record = {"name": defense.name, **asdict(defense)}
     history, wall = train_loop(clf, train, test, cfg, step_fn, defense.name, on_epoch)
+    return finish_training(clf, train, test, cfg, record, history, wall)
+
+
+def finish_training(clf: Classifier, train: Dataset, test: Dataset | None, cfg: TrainConfig,
+                    record: dict[str, Any], history: list[dict[str, float]], wall: float) -> AdvTrainResult:
+    """The result of a training-time defense's run: final clean accuracies, and the defense
+    `record` (completed with epochs and wall time) stored in `clf.meta['defense']`."""
     result = AdvTrainResult(history=history, config=asdict(cfg), defense=record, wall_time=wall)
     result.train_accuracy = clf.accuracy(train.x, train.y)
     result.test_accuracy = clf.accuracy(test.x, test.y) if test is not None else None

@@ -392,9 +392,8 @@ def ibp_fit(clf: Classifier, train: Dataset, test: Dataset | None = None,
             defense: IBPTraining = IBPTraining(), cfg: TrainConfig = TrainConfig(),
             on_epoch: Callable[[dict[str, float]], None] | None = None) -> Any:
     """Train `clf` in place with IBP training; records the defense in `clf.meta['defense']`.
-    Returns a `NoiseTrainResult`-shaped record (history, accuracies, wall time)."""
-    from bastion.defenses.certify.smoothing import NoiseTrainResult
-    from bastion.training.adversarial import check_data, train_loop
+    Returns an `AdvTrainResult` (history, accuracies, wall time, the defense record)."""
+    from bastion.training.adversarial import check_data, finish_training, train_loop
 
     if not isinstance(defense, IBPTraining):
         raise ConfigError(f"ibp_fit needs an IBPTraining config, got {defense!r}")
@@ -419,9 +418,4 @@ def ibp_fit(clf: Classifier, train: Dataset, test: Dataset | None = None,
 
     record = {"name": defense.name, **asdict(defense)}
     history, wall = train_loop(clf, train, test, cfg, step_fn, defense.name, on_epoch)
-    res = NoiseTrainResult(history=history, config=asdict(cfg), defense=record, wall_time=wall)
-    res.train_accuracy = clf.accuracy(train.x, train.y)
-    res.test_accuracy = clf.accuracy(test.x, test.y) if test is not None else None
-    record.update(epochs=len(history), wall_time_s=wall)
-    clf.meta["defense"] = record
-    return res
+    return finish_training(clf, train, test, cfg, record, history, wall)

@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,13 +46,15 @@ from bastion.core import Classifier, ConfigError, Normalize, unknown_name
 from bastion.data.dataset import Dataset
 from bastion.defenses.certify.smoothing import (
     ABSTAIN,
-    NoiseTrainResult,
     check_count,
     lower_confidence_bound,
     noise_generator,
     upper_confidence_bound,
 )
 from bastion.training.fit import TrainConfig
+
+if TYPE_CHECKING:
+    from bastion.training.adversarial import AdvTrainResult
 
 MECHANISMS = {"gaussian": "l2", "laplace": "l1"}
 POSITIONS = ("image", "first-layer")
@@ -397,10 +399,10 @@ _ = ABSTAIN  # PixelDP never abstains: an input it cannot certify gets L_max = 0
 
 def pixeldp_fit(clf: PixelDPClassifier, train: Dataset, test: Dataset | None = None,
                 cfg: TrainConfig = TrainConfig(),
-                on_epoch: Callable[[dict[str, float]], None] | None = None) -> NoiseTrainResult:
+                on_epoch: Callable[[dict[str, float]], None] | None = None) -> AdvTrainResult:
     """Train a PixelDP network with its noise on, bounding the pre-noise sensitivity after
     every optimiser step; records the defense in `clf.meta['defense']`."""
-    from bastion.training.adversarial import check_data, train_loop
+    from bastion.training.adversarial import check_data, finish_training, train_loop
 
     if not isinstance(clf, PixelDPClassifier):
         raise ConfigError(f"pixeldp_fit trains a PixelDPClassifier, got {type(clf).__name__}")
@@ -417,9 +419,4 @@ def pixeldp_fit(clf: PixelDPClassifier, train: Dataset, test: Dataset | None = N
     history, wall = train_loop(clf, train, test, cfg, step_fn, "pixeldp", on_epoch)
     clf.bound_sensitivity()
     record = {"name": "pixeldp", **asdict(clf.cfg), "noise_scale": clf.noise.scale}
-    res = NoiseTrainResult(history=history, config=asdict(cfg), defense=record, wall_time=wall)
-    res.train_accuracy = clf.accuracy(train.x, train.y)
-    res.test_accuracy = clf.accuracy(test.x, test.y) if test is not None else None
-    record.update(epochs=len(history), wall_time_s=wall)
-    clf.meta["defense"] = record
-    return res
+    return finish_training(clf, train, test, cfg, record, history, wall)

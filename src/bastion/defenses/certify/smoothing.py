@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from bastion.attacks.evasion.adaptive import EOT, _Wrapper
 from bastion.core import Classifier, ConfigError, seed_everything
 from bastion.data.dataset import Dataset
 from bastion.training.fit import TrainConfig
+
+if TYPE_CHECKING:
+    from bastion.training.adversarial import AdvTrainResult
 
 ABSTAIN = -1
 PHASE_SELECT, PHASE_ESTIMATE, PHASE_PREDICT = 0, 1, 2
@@ -312,31 +315,14 @@ class GaussianAugmentation:
         check_sigma(self.sigma, f"{self.name}: sigma")
 
 
-@dataclass
-class NoiseTrainResult:
-    """Per-epoch history, final clean accuracies, wall time and the defense record."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    test_accuracy: float | None = None
-    train_accuracy: float | None = None
-    wall_time: float = 0.0
-    config: dict[str, Any] = field(default_factory=dict)
-    defense: dict[str, Any] = field(default_factory=dict)
-
-    def metadata(self) -> dict[str, Any]:
-        """Keyword arguments for `save_classifier(path, clf, **result.metadata())`."""
-        return {"defense": self.defense, "training": self.config, "history": self.history,
-                "test_accuracy": self.test_accuracy, "train_accuracy": self.train_accuracy}
-
-
 def gaussian_augmentation_fit(clf: Classifier, train: Dataset, test: Dataset | None = None,
                               defense: GaussianAugmentation = GaussianAugmentation(),
                               cfg: TrainConfig = TrainConfig(),
                               on_epoch: Callable[[dict[str, float]], None] | None = None
-                              ) -> NoiseTrainResult:
+                              ) -> AdvTrainResult:
     """Train `clf` in place on Gaussian-noise-augmented inputs; records the defense in
     `clf.meta['defense']`."""
-    from bastion.training.adversarial import check_data, train_loop
+    from bastion.training.adversarial import check_data, finish_training, train_loop
 
     if not isinstance(defense, GaussianAugmentation):
         raise ConfigError(f"gaussian_augmentation_fit needs a GaussianAugmentation, got {defense!r}")
@@ -356,9 +342,4 @@ def gaussian_augmentation_fit(clf: Classifier, train: Dataset, test: Dataset | N
     seed_everything(cfg.seed)
     record = {"name": defense.name, **asdict(defense)}
     history, wall = train_loop(clf, train, test, cfg, step_fn, defense.name, on_epoch)
-    res = NoiseTrainResult(history=history, config=asdict(cfg), defense=record, wall_time=wall)
-    res.train_accuracy = clf.accuracy(train.x, train.y)
-    res.test_accuracy = clf.accuracy(test.x, test.y) if test is not None else None
-    record.update(epochs=len(history), wall_time_s=wall)
-    clf.meta["defense"] = record
-    return res
+    return finish_training(clf, train, test, cfg, record, history, wall)
