@@ -1,5 +1,6 @@
 """User parameters for a dataclass config: unknown names refused with the valid ones listed,
-wrong arguments turned into one-line ConfigErrors (no torch import)."""
+wrong arguments turned into one-line ConfigErrors (no torch import); and pydantic-checked
+config sections whose errors list every bad field."""
 
 from __future__ import annotations
 
@@ -27,3 +28,15 @@ def build(cls: type[T], params: dict[str, Any], label: str) -> T:
         return cls(**params)
     except TypeError as e:
         raise ConfigError(f"{label}: invalid parameters ({e})") from None
+
+
+def validated(model: type[T], data: Any, what: str) -> T:
+    """`model.model_validate(data)` for a pydantic model; a validation error becomes one
+    ConfigError `invalid <what>:` with a line per bad field."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)  # type: ignore[attr-defined, no-any-return]
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"invalid {what}:\n" + "\n".join(lines)) from None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.audit import plots
 from bastion.audit.scorecard import PASS, WARN, at_least, thresholds_of
@@ -38,7 +38,6 @@ from bastion.audit.sections import (
     fig_to_png,
     register_section,
 )
-from bastion.core import ConfigError
 from bastion.defenses.certify.run import (
     DEFAULT_RADII,
     DEFAULT_THRESHOLDS,
@@ -48,6 +47,7 @@ from bastion.defenses.certify.run import (
     run_certify,
     settings_dict,
 )
+from bastion.params import validated
 
 
 class CertifySpec(BaseModel):
@@ -71,11 +71,7 @@ class CertifySpec(BaseModel):
 
 
 def _parse(cfg: dict[str, Any]) -> tuple[CertifySpec, CertifySettings]:
-    try:
-        spec = CertifySpec.model_validate(cfg)
-    except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("invalid certify section:\n" + "\n".join(lines)) from None
+    spec = validated(CertifySpec, cfg, "certify section")
     default = DEFAULT_THRESHOLDS if spec.method == "pixeldp" else DEFAULT_RADII
     s = CertifySettings(method=spec.method, sigma=spec.sigma, n0=spec.n0, samples=spec.samples, alpha=spec.alpha,
                         radii=tuple(spec.radii) if spec.radii else default, eps=tuple(spec.eps), draws=spec.draws,

@@ -18,9 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bastion.core import SEED_MAX, ConfigError, unknown_name
+from bastion.params import validated
 from bastion.safe_yaml import load_yaml_file
 
 DEFAULT_EPS = [0.05, 0.1, 0.15, 0.2, 0.3]
@@ -135,11 +136,7 @@ def _check_threshold_keys(raw: dict[str, Any]) -> None:
 
 def parse_config(raw: dict[str, Any]) -> AuditConfig:
     _check_threshold_keys(raw)
-    try:
-        cfg = AuditConfig.model_validate(raw)
-    except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("invalid audit config:\n" + "\n".join(lines)) from None
+    cfg = validated(AuditConfig, raw, "audit config")
     if not cfg.sections:
         raise ConfigError("audit config has no sections; add e.g. {kind: evasion, attacks: [...]}")
     if cfg.thresholds.evasion_budget is not None:

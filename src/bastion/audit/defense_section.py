@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.attacks import registry
 from bastion.attacks.base import MINIMUM_NORM
@@ -55,6 +55,7 @@ from bastion.audit.sections import (
     register_section,
 )
 from bastion.core import Classifier, ConfigError, lp_norms
+from bastion.params import validated
 
 Step = Callable[[str, Callable[[], Any]], Any]
 DEFENDED, ADAPTIVE, UNDEFENDED = "defended", "adaptive", "undefended"
@@ -98,11 +99,7 @@ def _parse(cfg: dict[str, Any]) -> DefenseSpec:
     from bastion.audit.evasion_section import _parse as parse_evasion
     from bastion.defenses.saved import check_defense
 
-    try:
-        spec = DefenseSpec.model_validate(cfg)
-    except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("invalid defense section:\n" + "\n".join(lines)) from None
+    spec = validated(DefenseSpec, cfg, "defense section")
     given = [k for k in ("defense", "detector", "checkpoint", "ensemble") if getattr(spec, k) is not None]
     if len(given) > 1:
         raise ConfigError(f"defense section: give one of defense, detector, ensemble or checkpoint, not "

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bastion.attacks import registry
 from bastion.attacks.base import MINIMUM_NORM, Attack
@@ -28,6 +28,7 @@ from bastion.audit.sections import (
     register_section,
 )
 from bastion.core import AttackResult, ConfigError, parse_norm
+from bastion.params import validated
 
 GRID_EXAMPLES = 8
 
@@ -78,11 +79,7 @@ class EvasionSpec(BaseModel):
 
 
 def _parse(cfg: dict[str, Any]) -> EvasionSpec:
-    try:
-        spec = EvasionSpec.model_validate(cfg)
-    except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("invalid evasion section:\n" + "\n".join(lines)) from None
+    spec = validated(EvasionSpec, cfg, "evasion section")
     for a in spec.attacks:
         cls = registry.get(a.attack)
         if cls.kind != MINIMUM_NORM and not a.eps:

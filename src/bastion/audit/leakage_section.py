@@ -27,7 +27,7 @@ import copy
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.audit.scorecard import FAIL, PASS, WARN, at_most, not_measured, thresholds_of
 from bastion.audit.sections import (
@@ -40,6 +40,7 @@ from bastion.audit.sections import (
     register_section,
 )
 from bastion.core import ConfigError
+from bastion.params import validated
 from bastion.progress import track
 
 MAX_GRID = 8
@@ -66,11 +67,7 @@ def _parse(cfg: dict[str, Any]) -> LeakageSpec:
     from bastion.attacks.privacy.leakage import make_config
     from bastion.defenses.gradient import parse_defense
 
-    try:
-        spec = LeakageSpec.model_validate(cfg)
-    except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("invalid leakage section:\n" + "\n".join(lines)) from None
+    spec = validated(LeakageSpec, cfg, "leakage section")
     if spec.split not in ("train", "test"):
         raise ConfigError(f"leakage split must be 'train' or 'test', got {spec.split!r}")
     check_leakage_params(spec.attack, spec.params)

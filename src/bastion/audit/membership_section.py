@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bastion.audit import plots
 from bastion.audit.scorecard import FAIL, PASS, WARN, above_chance, not_measured, thresholds_of
@@ -34,7 +34,7 @@ from bastion.audit.sections import (
     fig_to_png,
     register_section,
 )
-from bastion.core import ConfigError
+from bastion.params import validated
 
 SHADOW_METHODS = ("auto", "auto-timed", "loop", "vmap", "process")
 MAX_SHADOWS = 1024
@@ -74,11 +74,7 @@ class MembershipSpec(BaseModel):
 def _mia_config(cfg: dict[str, Any], seed: int = 0, batch_size: int = 1024) -> tuple[MembershipSpec, Any]:
     from bastion.attacks.privacy.membership import MIAConfig
 
-    try:
-        spec = MembershipSpec.model_validate(cfg)
-    except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("invalid membership section:\n" + "\n".join(lines)) from None
+    spec = validated(MembershipSpec, cfg, "membership section")
     mia = MIAConfig(attacks=tuple(spec.attacks), shadows=spec.shadows, attacker_data=spec.attacker_data,
                     eval_size=spec.eval_size, augment=spec.augment, lira_variance=spec.variance,
                     shadow_epochs=spec.shadow_epochs, method=spec.method, pool_size=spec.pool_size,
