@@ -144,11 +144,13 @@ def _outcome(scorer: Classifier, x: torch.Tensor, x_adv: torch.Tensor, norm: str
     """Per-example predictions of the scoring model on x_adv, perturbation norms and, for a
     detector, flags on x_adv."""
     x_adv = x_adv.detach().cpu()
-    out: dict[str, Any] = {"pred": scorer.predict(x_adv).cpu().tolist(),
-                           "norm": lp_norms(x_adv - x.cpu())[norm].tolist()}
-    if _screens(scorer):
-        out["flagged"] = scorer.detect(x_adv).cpu().int().tolist()  # type: ignore[operator]
-    return out
+    out: dict[str, Any] = {"norm": lp_norms(x_adv - x.cpu())[norm].tolist()}
+    if _screens(scorer):  # labels and flags from one pass (XEnsemble decides both at once)
+        pred, flagged = scorer.predict_with_reject(x_adv)  # type: ignore[attr-defined]
+        out["flagged"] = flagged.cpu().int().tolist()
+    else:
+        pred = scorer.predict(x_adv)
+    return {"pred": pred.cpu().tolist(), **out}
 
 
 def _run_attack(attack: Any, target: Classifier, scorer: Classifier, x: torch.Tensor, y: torch.Tensor,
@@ -228,10 +230,13 @@ def evaluate_defense(undefended: Classifier, defended: Classifier, attacks: list
 
     def clean_work() -> dict[str, Any]:
         torch.manual_seed(seed)
-        out = {"undefended": undefended.predict(x).cpu().tolist(), "defended": defended.predict(x).cpu().tolist()}
+        out = {"undefended": undefended.predict(x).cpu().tolist()}
         if screens:
-            out["flagged"] = defended.detect(x).cpu().int().tolist()  # type: ignore[attr-defined]
-        return out
+            pred, flagged = defended.predict_with_reject(x)  # type: ignore[attr-defined]
+            out["flagged"] = flagged.cpu().int().tolist()
+        else:
+            pred = defended.predict(x)
+        return {**out, "defended": pred.cpu().tolist()}
 
     clean = step(f"{key}/clean/n={len(y)}/seed={seed}", clean_work)
     correct_u = torch.tensor(clean["undefended"]) == y
