@@ -126,3 +126,16 @@ def test_bad_defense_section_fails_before_work(section: dict, msg: str, ckpt: Pa
 def test_undefended_model_without_a_defense_is_refused(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="give defense:, detector: or checkpoint:"):
         run_audit(ckpt, parse_config(_cfg({"attacks": [PGD]}, n=8)), tmp_path / "run")
+
+
+def test_a_smoothed_model_is_attacked_and_scored_through_eot(ckpt: Path, tmp_path: Path) -> None:
+    """A certified (random) classifier: its clean and robust accuracy are those of its
+    expected prediction over the noise, and the adaptive attack is EOT over that noise."""
+    cfg = parse_config(_cfg({"defense": {"name": "smoothing", "params": {"sigma": 0.25, "eot_samples": 8}},
+                             "attacks": [{"attack": "pgd", "eps": [2.0], "params": {"norm": "l2", "steps": 10}}]}))
+    run = run_audit(ckpt, cfg, tmp_path / "run")
+    (row,) = _rows(run)
+    assert row["adaptive_attack"] == "EOT over 8 noise draws(pgd-l2)"
+    assert row["clean_defended"] > 0.7
+    assert row["robust_adaptive"] < row["clean_defended"] - 0.3
+    assert row["robust_adaptive"] <= row["robust_defended"] + 0.1

@@ -81,7 +81,8 @@ class DefenseSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str = "defense"
     name: str | None = None
-    defense: DefenseRef | None = Field(None, description="an input transformation")
+    defense: DefenseRef | None = Field(None, description="an input transformation, or a certified classifier "
+                                       "(smoothing, pixeldp)")
     detector: DefenseRef | None = Field(None, description="an evasion detector (calibrated on the training split)")
     checkpoint: str | None = Field(None, description="a defended checkpoint (written by `bastion defend`)")
     ensemble: DefenseRef | None = Field(None, description="a diversity ensemble from a pool: ensemble or xensemble "
@@ -108,13 +109,14 @@ def _parse(cfg: dict[str, Any]) -> DefenseSpec:
         rec = check_defense(spec.ensemble.name, spec.ensemble.params)
         if rec["kind"] not in ENSEMBLE_KINDS:
             raise ConfigError(f"defense section: ensemble: takes ensemble or xensemble, got {spec.ensemble.name!r}")
-    for key, kind in (("defense", "preprocess"), ("detector", "detector")):
+    for key, kinds in (("defense", ("preprocess", "certified")), ("detector", ("detector",))):
         ref = getattr(spec, key)
         if ref is not None:
             rec = check_defense(ref.name, ref.params)
             if rec["kind"] in ENSEMBLE_KINDS:
                 raise ConfigError(f"defense section: {ref.name!r} is a diversity ensemble; put it under ensemble:")
-            if rec["kind"] != kind:
+            if rec["kind"] not in kinds:
+                kind = kinds[0]
                 other = "detector" if kind == "preprocess" else "defense"
                 raise ConfigError(f"defense section: {ref.name!r} is a {rec['kind']} defense; put it under "
                                   f"{other}:")
@@ -172,10 +174,13 @@ def _run_attack(attack: Any, target: Classifier, scorer: Classifier, x: torch.Te
 def _adaptive_target(defended: Classifier, black_box: bool) -> tuple[Classifier | None, str]:
     """The surrogate a gradient attack should use on `defended` and its name; (None, '') when
     the plain attack already is the adaptive one."""
+    from bastion.defenses.certify.defended import is_certified
     from bastion.defenses.ensemble.ensemble import Ensemble
     from bastion.defenses.preprocess import Preprocessed
     from bastion.defenses.xensemble import XEnsemble
 
+    if is_certified(defended):  # random: EOT over the noise, for black-box attacks too
+        return defended.adaptive(), f"EOT over {defended.eot_samples} noise draws"  # type: ignore[operator,attr-defined]
     if not black_box and isinstance(defended, XEnsemble):
         return defended.adaptive(), "BPDA mean-probability surrogate"
     if not black_box and isinstance(defended, Ensemble) and defended.consensus != "soft":
@@ -225,8 +230,12 @@ def evaluate_defense(undefended: Classifier, defended: Classifier, attacks: list
 
     step = step or (lambda _k, fn: fn())
     x, y = x.cpu(), y.cpu()
+    from bastion.defenses.certify.defended import is_certified
+
     is_det = isinstance(defended, Detected)
     screens = _screens(defended)
+    # a certified classifier is random: it is scored by its expected prediction over the noise
+    scorer = defended.adaptive() if is_certified(defended) else defended  # type: ignore[operator]
 
     def clean_work() -> dict[str, Any]:
         torch.manual_seed(seed)
@@ -235,7 +244,7 @@ def evaluate_defense(undefended: Classifier, defended: Classifier, attacks: list
             pred, flagged = defended.predict_with_reject(x)  # type: ignore[attr-defined]
             out["flagged"] = flagged.cpu().int().tolist()
         else:
-            pred = defended.predict(x)
+            pred = scorer.predict(x)
         return {**out, "defended": pred.cpu().tolist()}
 
     clean = step(f"{key}/clean/n={len(y)}/seed={seed}", clean_work)
@@ -272,9 +281,9 @@ def evaluate_defense(undefended: Classifier, defended: Classifier, attacks: list
             norm = _norm_of(attack)
             base = f"{key}/{label}/eps={eps}/{a.model_dump_json()}/n={len(y)}/seed={seed}"
             surrogate, how = _adaptive_target(defended, cls.black_box)
-            targets = {UNDEFENDED: (undefended, undefended), DEFENDED: (defended, defended)}
+            targets = {UNDEFENDED: (undefended, undefended), DEFENDED: (defended, scorer)}
             if surrogate is not None:
-                targets[ADAPTIVE] = (surrogate, defended)
+                targets[ADAPTIVE] = (surrogate, scorer)
                 how = f"{how}({label})"
             runs = {v: step(f"{base}/{v}", lambda t=t, s=s, attack=attack, norm=norm:
                             _run_attack(attack, t, s, x, y, norm, seed))

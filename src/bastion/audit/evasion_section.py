@@ -227,10 +227,13 @@ def _budget_row(label: str, norm: str, eps: float | None, robust: torch.Tensor, 
 @register_section("evasion", validate=lambda cfg: _parse(cfg) and None)
 def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
     from bastion.attacks.evasion.targets import select_targets
+    from bastion.defenses.certify.defended import attack_surrogate
 
     spec = _parse(cfg)
     th = thresholds_of(ctx)
-    model = ctx.model
+    model, attacked_as = attack_surrogate(ctx.model)
+    if attacked_as:  # a certified (random) model: attack and score its expected prediction
+        ctx = dataclasses.replace(ctx, model=model)
     x, y = ctx.test.x, ctx.test.y
     vr = model.spec.value_range
     clean_pred = model.predict(x).cpu()
@@ -238,6 +241,8 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
     clean_acc = float(correct.float().mean())
     name = spec.name or "evasion"
     out = SectionOutput(name=name, kind="evasion")
+    if attacked_as:
+        out.notes.append(f"Attacked and scored: {attacked_as}.")
     curves: dict[str, list[tuple[float, float]]] = {}
     curve_norms: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
@@ -261,6 +266,8 @@ def run_evasion(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
             norm = _norm_of(attack)
             curve_norms[label] = norm
             key = f"evasion/{label}/eps={eps}/{a.model_dump_json()}/n={len(y)}/seed={ctx.seed}"
+            if attacked_as:  # not the steps of a run that attacked the network without its noise
+                key = f"{key}/eot={getattr(model, 'samples', 0)}"
 
             def work(attack: Attack = attack, key: str = key,
                      target: torch.Tensor | None = target) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from bastion.cli.model_options import (
     WEIGHTS_OPTION,
     load_model_from_options,
 )
+from bastion.core import Classifier
 from bastion.errors import ConfigError
 
 
@@ -109,6 +110,22 @@ def save_npz_atomic(path: Path, arrays: dict[str, Any]) -> None:
         raise
 
 
+def certified_target(clf: Classifier, path: Path) -> tuple[Classifier, str]:
+    """A certified (random) classifier is attacked and scored through EOT over its noise
+    (`attack_surrogate`); a Gaussian-augmentation network as it is, with a pointer to its
+    smoothed classifier."""
+    from bastion.defenses.certify.defended import attack_surrogate, training_record
+
+    target, line = attack_surrogate(clf)
+    if line:
+        console.print(f"note: attacking {line}", highlight=False, soft_wrap=True)
+    elif (training_record(clf) or {}).get("name") == "gaussian-aug":
+        console.print(f"note: {path.name} was trained with Gaussian augmentation; this attacks the base network. "
+                      f"Attack the smoothed classifier with `bastion defend --model {path.name} --defense smoothing "
+                      "--out smoothed.st` first; `bastion certify` certifies it", highlight=False, soft_wrap=True)
+    return target, line
+
+
 @app.command("attack")
 def attack_cmd(
     model: Path = typer.Option(..., "--model", "-m", help=MODEL_HELP),
@@ -158,12 +175,7 @@ def attack_cmd(
     if targeted is not None and not type(atk).supports_targeted:
         raise ConfigError(f"attack {type(atk).name!r} is untargeted only; drop --targeted")
     clf = load_model_from_options(model, weights, input_shape, num_classes, mean, std, bounds, model_arg, device)
-    trained = clf.meta.get("defense")
-    trained_for = trained.get("name") if isinstance(trained, dict) else None
-    if trained_for in ("pixeldp", "gaussian-aug"):
-        console.print(f"note: {model.name} was trained for certification ({trained_for}); this attacks its network "
-                      "without the noise; `bastion certify` evaluates the certified model", highlight=False,
-                      soft_wrap=True)
+    clf, scored_as = certified_target(clf, model)
     data = data or clf.meta.get("dataset") or "mnist-5k"
     test = load(data, "test", root=root)
     seed_everything(seed)
@@ -179,6 +191,8 @@ def attack_cmd(
         res = atk(clf, x, y, target)
     summary = {**res.summary(), **evasion_metrics(clf, res), "model": str(model), "data": data,
                "targeted_mode": targeted, "seed": seed, "device": str(clf.device)}
+    if scored_as:
+        summary["attacked_as"] = scored_as
     summary["params"] = res.params
     summary.update(thr)
     detection_rows: list[list[Any]] = []

@@ -9,7 +9,9 @@ metadata record:
   of EOT draws of its adaptive surrogate;
 - a detector (`bastion.defenses.detect`): its name, parameters, the calibrated threshold
   and the calibration facts; a binary detector's network weights are stored as extra
-  tensors named `defense.detector.*` next to the base weights.
+  tensors named `defense.detector.*` next to the base weights;
+- a certified classifier (`bastion.defenses.certify.defended`): randomized smoothing or a
+  PixelDP network, with the noise and the attack surrogate's draws.
 
     from bastion.defenses.saved import make_defense, save_defended
     defended = make_defense(model, "feature-squeezing", {"fpr": 0.05}, train_set)
@@ -30,8 +32,9 @@ from bastion.core import CheckpointError, Classifier, ConfigError, require
 from bastion.data.dataset import Dataset
 from bastion.params import build
 
-PREPROCESS, DETECTOR = "preprocess", "detector"
+PREPROCESS, DETECTOR, CERTIFIED = "preprocess", "detector", "certified"
 ENSEMBLE_KINDS = ("ensemble", "xensemble")  # bastion.defenses.ensemble.defense
+CERTIFIED_NAMES = ("smoothing", "pixeldp")  # bastion.defenses.certify.defended
 TENSOR_PREFIX = "defense."
 DETECTOR_PREFIX = "defense.detector."
 DEFAULT_CALIBRATION = 1000  # benign inputs the threshold is calibrated on
@@ -51,6 +54,7 @@ def defense_names() -> dict[str, str]:
     out = {n: PREPROCESS for n in TRANSFORMS}
     out.update({n: DETECTOR for n in (*DETECTORS, *DET_ALIASES)})
     out.update({n: n for n in KINDS})  # diversity ensembles: kind = name
+    out.update({n: CERTIFIED for n in CERTIFIED_NAMES})
     return out
 
 
@@ -62,7 +66,8 @@ def kind_of(name: str) -> str:
 
     kind = defense_names().get(str(name).lower())
     if kind is None:
-        raise unknown_name("defense", str(name), [*TRANSFORMS, *DETECTORS, "ensemble", "xensemble"])
+        raise unknown_name("defense", str(name), [*TRANSFORMS, *DETECTORS, "ensemble", "xensemble",
+                                                  *CERTIFIED_NAMES])
     return kind
 
 
@@ -97,6 +102,11 @@ def check_defense(name: str, params: dict[str, Any] | None = None) -> dict[str, 
     {'kind', 'name', 'params'} that `make_defense` takes."""
     params = dict(params or {})
     kind = kind_of(name)
+    if kind == CERTIFIED:
+        from bastion.defenses.certify.defended import check_params
+
+        key = str(name).lower()
+        return {"kind": kind, "name": key, "params": check_params(key, params)}
     if kind in ENSEMBLE_KINDS:
         from bastion.defenses.ensemble.defense import check_params
 
@@ -153,6 +163,11 @@ def make_defense(model: Classifier, name: str, params: dict[str, Any] | None = N
         _, calib = calibration_split(train, min(calib_n, DEFAULT_VALIDATION))
         torch.manual_seed(seed)
         return make(model, rec["kind"], rec["params"], calib.x, calib.y)
+    if rec["kind"] == CERTIFIED:
+        from bastion.defenses.certify.defended import make_certified
+
+        given = {"eot_samples": eot_samples} if eot_samples else {}
+        return make_certified(model, rec["name"], {**given, **rec["params"]})
     if rec["kind"] == PREPROCESS:
         from bastion.defenses.preprocess import DEFAULT_EOT_SAMPLES, Preprocessed, get_transform
 
@@ -182,19 +197,21 @@ def make_defense(model: Classifier, name: str, params: dict[str, Any] | None = N
 
 
 def _defended_types() -> tuple[type, ...]:
+    from bastion.defenses.certify.smoothing import SmoothedClassifier
     from bastion.defenses.detect import Detected
     from bastion.defenses.preprocess import Preprocessed
 
-    return (Preprocessed, Detected)
+    return (Preprocessed, Detected, SmoothedClassifier)
 
 
 def defended_record(defended: Classifier) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The `defended` metadata record and the extra tensors of a defended model."""
+    from bastion.defenses.certify.defended import is_certified
     from bastion.defenses.detect import Detected
     from bastion.defenses.ensemble.defense import is_ensemble_defense
     from bastion.defenses.preprocess import Preprocessed
 
-    if is_ensemble_defense(defended):
+    if is_ensemble_defense(defended) or (is_certified(defended) and "defended" in defended.meta):
         return _jsonable(defended.meta["defended"]), {}
     if isinstance(defended, Preprocessed):
         t = defended.transform
@@ -218,7 +235,8 @@ def defended_record(defended: Classifier) -> tuple[dict[str, Any], dict[str, tor
         if net is not None:
             tensors = {DETECTOR_PREFIX + k: v for k, v in net.module.state_dict().items()}
         return rec, tensors
-    raise ConfigError(f"{type(defended).__name__} is not a defended model (Preprocessed or Detected)")
+    raise ConfigError(f"{type(defended).__name__} is not a defended model (Preprocessed, Detected, an "
+                      "ensemble or a certified classifier)")
 
 
 def _config_params(det: Any) -> dict[str, Any]:
@@ -263,6 +281,16 @@ def wrap_defended(clf: Classifier, record: Any, tensors: dict[str, torch.Tensor]
             return make(clf, record["kind"], record["params"], None, None, record)  # type: ignore[arg-type]
         except (ConfigError, RuntimeError, TypeError, ValueError, KeyError, IndexError) as e:
             raise CheckpointError(f"{path}: the recorded {record['kind']} defense cannot be rebuilt ({e})"[:400]) from None
+    if isinstance(record, dict) and record.get("kind") == CERTIFIED and isinstance(record.get("params", {}), dict):
+        from bastion.defenses.certify.defended import make_certified
+
+        if record.get("name") not in CERTIFIED_NAMES:
+            raise CheckpointError(f"{path}: unknown certified defense {record.get('name')!r}; "
+                                  f"valid: {', '.join(CERTIFIED_NAMES)}")
+        try:
+            return make_certified(clf, record["name"], dict(record.get("params", {})))
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: the recorded {record['name']} defense cannot be rebuilt ({e})"[:400]) from None
     if not isinstance(record, dict) or record.get("kind") not in (PREPROCESS, DETECTOR) or not isinstance(
             record.get("name"), str) or not isinstance(record.get("params", {}), dict):
         raise CheckpointError(f"{path}: metadata 'defended' must be an object with kind preprocess or "
@@ -312,6 +340,7 @@ def base_model(model: Classifier) -> Classifier:
 
 
 def is_defended(model: Classifier) -> bool:
+    from bastion.defenses.certify.defended import is_certified
     from bastion.defenses.ensemble.defense import is_ensemble_defense
 
-    return isinstance(model, _defended_types()) or is_ensemble_defense(model)
+    return isinstance(model, _defended_types()) or is_ensemble_defense(model) or is_certified(model)

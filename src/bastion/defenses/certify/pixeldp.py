@@ -223,6 +223,8 @@ class PixelDPClassifier(Classifier):
         self.normalize = nn.Identity()  # the normalisation now lives inside the network
         self.cfg = cfg
         self.noise = noise
+        self.eot_samples = 16  # noise draws per input of the attack surrogate
+        object.__setattr__(self, "_base", model)  # shares its layers; not a second submodule
         self.to(model.device)
         self.bound_sensitivity()
         self.meta["certified"] = {"method": "pixeldp", **asdict(cfg), "noise_scale": noise.scale}
@@ -259,7 +261,7 @@ class PixelDPClassifier(Classifier):
 
     def adaptive(self, eot_samples: int | None = None) -> Classifier:
         """Attack surrogate: EOT over the noise layer (mean softmax)."""
-        return EOT(self, samples=eot_samples or 16, reduce="probs")
+        return EOT(self, samples=eot_samples or self.eot_samples, reduce="probs")
 
     # ------------------------------------------------------------------ certification
     def label_counts(self, x: torch.Tensor, draws: int, seed: int = 0, offset: int = 0,

@@ -82,7 +82,12 @@ class CertifySettings:
 
 
 def checkpoint_sigma(clf: Classifier) -> float | None:
-    """The sigma a gaussian-aug checkpoint was trained with, if any."""
+    """The sigma of a smoothed classifier, or the one a gaussian-aug checkpoint was
+    trained with, if any."""
+    from bastion.defenses.certify.smoothing import SmoothedClassifier
+
+    if isinstance(clf, SmoothedClassifier):
+        return clf.sigma
     d = clf.meta.get("defense")
     if isinstance(d, dict) and d.get("name") == "gaussian-aug":
         return float(d["sigma"])
@@ -94,6 +99,8 @@ def pixeldp_model(clf: Classifier) -> Any:
     from bastion.defenses.certify.pixeldp import PixelDPClassifier, PixelDPConfig
     from bastion.params import build
 
+    if isinstance(clf, PixelDPClassifier):  # saved by `bastion defend --defense pixeldp`
+        return clf
     d = clf.meta.get("defense")
     if not (isinstance(d, dict) and d.get("name") == "pixeldp"):
         raise ConfigError("--method pixeldp needs a PixelDP network: train one with "
@@ -105,8 +112,13 @@ def pixeldp_model(clf: Classifier) -> Any:
 
 def check_model(clf: Classifier, s: CertifySettings) -> None:
     """Refuse a model the method cannot handle, before work."""
+    from bastion.defenses.certify.defended import is_certified
+
     if s.method == "pixeldp":
         pixeldp_model(clf)
+    elif is_certified(clf) and (s.method != "smoothing" or clf.meta["certified"]["method"] != "smoothing"):
+        raise ConfigError(f"{clf.name} is a random (certified) classifier: --method {s.method} needs its "
+                          "deterministic base checkpoint")
     elif s.method in ("ibp", "crown-ibp", "crown"):
         from bastion.defenses.certify.bounds import layers_of
 
@@ -124,6 +136,8 @@ def run_certify(clf: Classifier, x: torch.Tensor, y: torch.Tensor, s: CertifySet
         from bastion.defenses.certify.smoothing import SmoothedClassifier
 
         sigma = s.sigma if s.sigma is not None else (checkpoint_sigma(clf) or 0.25)
+        if isinstance(clf, SmoothedClassifier):  # saved by `bastion defend --defense smoothing`
+            clf = clf.base
         model = clf
         if s.denoise_epochs:
             from bastion.defenses.certify.denoise import DenoiserConfig, train_denoiser
