@@ -149,3 +149,41 @@ def test_admission_and_bad_input(parts) -> None:  # type: ignore[no-untyped-def]
     other = build_classifier("mlp", target.spec, 5, device="cpu")
     with pytest.raises(ConfigError, match="classes"):
         XEnsemble(target, DENOISERS, [[pool[0], other]])
+
+
+def test_the_most_effective_admitted_denoisers_are_kept(parts) -> None:  # type: ignore[no-untyped-def]
+    """With adversarial versions of the validation inputs, admitted denoisers are ranked by
+    the target's accuracy on them, and k keeps the best; without them, the first k."""
+    from bastion.attacks.evasion import FGSM
+
+    target, _, x, y = parts
+    x_adv = FGSM(eps=0.1)(target, x, y).x_adv
+    cands = [BitDepth(bits=8), GaussianBlur(sigma=0.5), BitDepth(bits=3)]
+    kept, recs = admit_denoisers(target, cands, x, y, tolerance=0.2, k=2, x_adv=x_adv)
+    adv = [r["adversarial_accuracy"] for r in recs]
+    admitted = [i for i, r in enumerate(recs) if r["admitted"]]
+    best = sorted(admitted, key=lambda i: -adv[i])[:2]
+    assert [t.params() for t in kept] == [cands[i].params() for i in best]
+    assert [r.get("kept") for r in recs] == [i in best if i in admitted else None for i in range(3)]
+    first, _ = admit_denoisers(target, cands, x, y, tolerance=0.2, k=2)
+    assert [t.params() for t in first] == [cands[i].params() for i in admitted[:2]]
+    with pytest.raises(ConfigError, match="k .denoisers kept. must be an integer >= 1"):
+        admit_denoisers(target, cands, x, y, k=0)
+
+
+def test_teams_are_drawn_among_accurate_members() -> None:
+    from bastion.defenses.ensemble.teams import TeamPolicy, accurate_members, choose_teams
+
+    acc = [0.97, 0.90, 0.965, 0.96, 0.93]
+    assert accurate_members(acc, 0.02) == [0, 2, 3]
+    assert accurate_members(acc, None) == [0, 1, 2, 3, 4]
+    assert accurate_members(acc, 0.0, n=2) == [0, 2]  # too few qualify: the n most accurate
+    kappa = torch.full((5, 5), 0.5)
+    kappa[1, 4] = kappa[4, 1] = -0.5  # the most diverse pair is the two weak members
+    kappa.fill_diagonal_(1.0)
+    assert set(choose_teams(kappa, TeamPolicy("best-kappa", n=2))[0]) == {1, 4}
+    (team,) = choose_teams(kappa, TeamPolicy("best-kappa", n=2), [0, 2, 3])
+    assert set(team) <= {0, 2, 3}
+    assert all(set(t) <= {0, 2, 3} for t in choose_teams(kappa, TeamPolicy("rand-kappa", n=2), [0, 2, 3], 3))
+    with pytest.raises(ConfigError, match="member_tolerance"):
+        accurate_members(acc, 1.5)

@@ -46,6 +46,8 @@ BRANCHES = {MAJORITY: "majority", MINORITY_FAR: "minority-far", MINORITY_NEAR: "
             FLAG: "flag"}
 DEFAULT_T = 0.34
 DEFAULT_TOLERANCE = 0.02
+DEFAULT_K = 3  # denoisers kept in the input layer (section 3.5: k >= 3)
+DEFAULT_MEMBER_TOLERANCE = 0.02  # team members within 2 points of the best member's accuracy
 
 
 def check_threshold(t: Any) -> float:
@@ -88,30 +90,47 @@ def decide(votes: torch.Tensor, reference: torch.Tensor, threshold: float = DEFA
 
 
 def admit_denoisers(target: Classifier, candidates: Sequence[Transform | str | dict[str, Any]],
-                    x: torch.Tensor, y: torch.Tensor, tolerance: float = DEFAULT_TOLERANCE
+                    x: torch.Tensor, y: torch.Tensor, tolerance: float = DEFAULT_TOLERANCE,
+                    k: int | None = None, x_adv: torch.Tensor | None = None
                     ) -> tuple[list[Transform], list[dict[str, Any]]]:
     """The denoisers whose benign accuracy on `target` stays within `tolerance` of its
     accuracy on the raw inputs (section 3.5), with every candidate's record. A ConfigError
-    when none passes."""
+    when none passes.
+
+    With `x_adv` (adversarial versions of x, e.g. FGSM examples of the target), the admitted
+    denoisers are ranked by the target's accuracy on the denoised x_adv, most effective
+    first, and `k` keeps the first k: a denoiser that leaves the perturbation in place
+    only adds votes for the adversarial label to the cross-layer decision."""
     require(isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and 0 <= tolerance <= 1,
             f"admission tolerance must lie in [0, 1], got {tolerance!r}")
     require(len(candidates) >= 1, "XEnsemble needs at least one candidate denoiser (k >= 1)")
+    require(k is None or (isinstance(k, int) and not isinstance(k, bool) and k >= 1),
+            f"k (denoisers kept) must be an integer >= 1, got {k!r}")
     ts = [build(c) for c in candidates]
     for t in ts:
         t.check_spec(target.spec)
+    dev = target.device
     base = target.accuracy(x, y)
     admitted, records = [], []
     for t in ts:
-        acc = target.accuracy(t(x.to(target.device), target.spec.bounds), y)
+        acc = target.accuracy(t(x.to(dev), target.spec.bounds), y)
         ok = acc >= base - tolerance - 1e-9
-        records.append({**t.describe(), "accuracy": acc, "base_accuracy": base, "admitted": ok})
+        rec = {**t.describe(), "accuracy": acc, "base_accuracy": base, "admitted": ok}
+        if x_adv is not None:
+            rec["adversarial_accuracy"] = target.accuracy(t(x_adv.to(dev), target.spec.bounds), y)
+        records.append(rec)
         if ok:
-            admitted.append(t)
+            admitted.append((t, rec))
     if not admitted:
         worst = ", ".join(f"{r['name']} {r['accuracy']:.3f}" for r in records)
         raise ConfigError(f"no denoiser keeps the target's benign accuracy within {tolerance:g} of "
                           f"{base:.3f} ({worst}); add milder denoisers or raise the tolerance")
-    return admitted, records
+    if x_adv is not None:  # stable: equally effective denoisers keep the candidates' order
+        admitted.sort(key=lambda tr: -tr[1]["adversarial_accuracy"])
+    kept = admitted[:k] if k is not None else admitted
+    for t, rec in admitted:
+        rec["kept"] = any(t is u for u, _ in kept)
+    return [t for t, _ in kept], records
 
 
 @dataclass(frozen=True)
@@ -335,28 +354,37 @@ def build_xensemble(target: Classifier, pool: Sequence[Classifier], x_val: torch
                     denoisers: Sequence[Transform | str | dict[str, Any]], *, n: int = 3,
                     policy: str = "best-kappa", x_kappa: torch.Tensor | None = None,
                     tolerance: float = DEFAULT_TOLERANCE, config: XEnsembleConfig | None = None,
-                    team_seed: int = 0) -> tuple[XEnsemble, dict[str, Any]]:
+                    team_seed: int = 0, k: int | None = DEFAULT_K,
+                    member_tolerance: float | None = DEFAULT_MEMBER_TOLERANCE) -> tuple[XEnsemble, dict[str, Any]]:
     """Assemble XEnsemble from a target, a pool and candidate denoisers: admit denoisers on
-    (x_val, y_val), compute the pool's kappa matrix on `x_kappa` (e.g. FGSM examples;
-    default x_val), pick the team(s) by `policy`. Returns the model and its record."""
+    (x_val, y_val) and keep the k most effective on `x_kappa` (e.g. FGSM examples of x_val;
+    without it, the first k admitted), compute the pool's kappa matrix on `x_kappa`
+    (default x_val), pick the team(s) by `policy` among the members within
+    `member_tolerance` of the best member's accuracy on x_val. Returns the model and its
+    record."""
     from bastion.defenses.ensemble.diversity import pairwise_matrix
-    from bastion.defenses.ensemble.teams import TeamPolicy, check_team_size, select_team, top_teams
+    from bastion.defenses.ensemble.teams import (
+        TeamPolicy,
+        accurate_members,
+        check_team_size,
+        choose_teams,
+    )
 
     cfg = config or XEnsembleConfig()
     members = list(pool)
     check_members([target, *members], "XEnsemble")
     if cfg.mode != "input-only":
         check_team_size(n, len(members))
-    admitted, records = (admit_denoisers(target, denoisers, x_val, y_val, tolerance)
+    admitted, records = (admit_denoisers(target, denoisers, x_val, y_val, tolerance, k, x_kappa)
                          if cfg.mode != "output-only" else ([], []))
     xk = x_val if x_kappa is None else x_kappa
     preds = torch.stack([m.predict(xk).cpu() for m in members])
     kappa = pairwise_matrix(preds, measure="kappa", num_classes=target.num_classes)
-    if policy == "best-kappa" and cfg.top > 1:
-        teams = top_teams(kappa, n, cfg.top)
-    else:
-        teams = [select_team(kappa, TeamPolicy(policy=policy, n=n, seed=team_seed))]
+    acc = [m.accuracy(x_val, y_val) for m in members]
+    eligible = accurate_members(acc, member_tolerance, n)
+    teams = choose_teams(kappa, TeamPolicy(policy=policy, n=n, seed=team_seed), eligible,
+                         cfg.top if policy == "best-kappa" else 1)
     xe = XEnsemble(target, admitted, [[members[i] for i in t] for t in teams], cfg)
     rec = {"denoisers": records, "teams": [list(t) for t in teams], "kappa": kappa.tolist(),
-           "policy": policy, "n": n, **xe.meta["defense"]}
+           "member_accuracy": acc, "eligible": eligible, "policy": policy, "n": n, **xe.meta["defense"]}
     return xe, rec

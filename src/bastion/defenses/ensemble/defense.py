@@ -42,6 +42,10 @@ class EnsembleDefenseConfig:
         threshold: xensemble: T, the least share of agreeing votes answered (0.34).
         top: xensemble: per-query team draw among the top teams (1 = fixed team).
         tolerance: xensemble: admission tolerance of a denoiser's benign accuracy (0.02).
+        k: xensemble: admitted denoisers kept, the most effective on the FGSM examples
+            first (3; with kappa_on='benign', the first k admitted).
+        member_tolerance: teams are drawn among the members whose accuracy on the
+            validation images is within this of the best member's (0.02; None = all).
         denoisers: xensemble: candidate denoisers (None = 1-bit depth, 3x3 median and a
             -12 degree rotation for one-channel images; non-local means, 2x2 median and
             rotation for colour images).
@@ -58,6 +62,8 @@ class EnsembleDefenseConfig:
     threshold: float = 0.34
     top: int = 1
     tolerance: float = 0.02
+    k: int | None = 3
+    member_tolerance: float | None = 0.02
     denoisers: list[Any] | None = None
     kappa_on: str = "fgsm"
     fgsm_eps: float = 0.3
@@ -80,6 +86,12 @@ class EnsembleDefenseConfig:
         XEnsembleConfig(mode=self.mode, threshold=self.threshold, top=self.top, seed=self.seed)
         require(isinstance(self.tolerance, (int, float)) and not isinstance(self.tolerance, bool)
                 and 0 <= self.tolerance <= 1, f"tolerance must lie in [0, 1], got {self.tolerance!r}")
+        require(self.k is None or (isinstance(self.k, int) and not isinstance(self.k, bool) and self.k >= 1),
+                f"k (denoisers kept) must be an integer >= 1, got {self.k!r}")
+        require(self.member_tolerance is None or (isinstance(self.member_tolerance, (int, float))
+                                                  and not isinstance(self.member_tolerance, bool)
+                                                  and 0 <= self.member_tolerance <= 1),
+                f"member_tolerance must lie in [0, 1], got {self.member_tolerance!r}")
         if self.denoisers is not None:
             require(isinstance(self.denoisers, list) and len(self.denoisers) >= 1,
                     "denoisers must be a non-empty list of transforms (k >= 1)")
@@ -102,7 +114,7 @@ def make(model: Classifier, kind: str, params: dict[str, Any], x_val: torch.Tens
     from bastion.defenses.ensemble.diversity import pairwise_matrix
     from bastion.defenses.ensemble.ensemble import Ensemble
     from bastion.defenses.ensemble.pool import load_pool
-    from bastion.defenses.ensemble.teams import TeamPolicy, select_team, top_teams
+    from bastion.defenses.ensemble.teams import TeamPolicy, accurate_members, choose_teams
     from bastion.defenses.xensemble import XEnsemble, XEnsembleConfig, admit_denoisers
 
     cfg = check_params(kind, params)
@@ -121,20 +133,22 @@ def make(model: Classifier, kind: str, params: dict[str, Any], x_val: torch.Tens
             xk = FGSM(eps=cfg.fgsm_eps)(model, x_val, y_val).x_adv
         preds = torch.stack([m.predict(xk).cpu() for m in pool.members])
         kappa = pairwise_matrix(preds, num_classes=model.num_classes)
-        if kind == XENSEMBLE and cfg.top > 1 and cfg.policy != "randbase":
-            teams = top_teams(kappa, cfg.n, cfg.top)
-        else:
-            teams = [select_team(kappa, TeamPolicy(cfg.policy, cfg.n, max(cfg.top, 1), cfg.seed))]
+        acc = [m.accuracy(x_val, y_val) for m in pool.members]
+        eligible = accurate_members(acc, cfg.member_tolerance, cfg.n)
+        teams = choose_teams(kappa, TeamPolicy(cfg.policy, cfg.n, max(cfg.top, 1), cfg.seed), eligible,
+                             cfg.top if kind == XENSEMBLE else 1)
         den_recs: list[dict[str, Any]] = []
         admitted: list[Any] = []
         if kind == XENSEMBLE and cfg.mode != "output-only":
             from bastion.defenses.detect.l1 import L1Config
 
             cands = cfg.denoisers if cfg.denoisers is not None else L1Config().default_denoisers(model.spec)
-            admitted, den_recs = admit_denoisers(model, cands, x_val, y_val, cfg.tolerance)
+            admitted, den_recs = admit_denoisers(model, cands, x_val, y_val, cfg.tolerance, cfg.k,
+                                                 xk if cfg.kappa_on == "fgsm" else None)
         record = {"kind": kind, "name": kind, "params": _jsonable(asdict(cfg)),
                   "pool": str(Path(cfg.pool).resolve()), "members": pool.names,
                   "teams": [list(t) for t in teams], "kappa": kappa.tolist(),
+                  "member_accuracy": acc, "eligible": eligible,
                   "denoisers": [{"name": t.name, **t.params()} for t in admitted],
                   "admission": _jsonable(den_recs)}
     names = record.get("members")

@@ -121,3 +121,32 @@ def top_teams(kappa: torch.Tensor, n: int, m: int) -> list[Team]:
 def describe_team(team: Sequence[int], names: Sequence[str], kappa: torch.Tensor) -> dict[str, object]:
     return {"members": [names[i] for i in team], "indices": list(team),
             "mean_kappa": team_score(kappa, team) if len(team) >= 2 else None}
+
+
+def accurate_members(accuracy: Sequence[float], tolerance: float | None, n: int = 2) -> list[int]:
+    """Indices of the members whose benign accuracy is within `tolerance` of the best
+    member's (every member when tolerance is None). Diversity is sought among accurate
+    models: a weak member lowers kappa by being wrong, which costs benign accuracy. When
+    fewer than n qualify, the n most accurate are kept."""
+    order = sorted(range(len(accuracy)), key=lambda i: (-accuracy[i], i))
+    if tolerance is None:
+        return list(range(len(accuracy)))
+    require(isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool) and 0 <= tolerance <= 1,
+            f"member_tolerance must lie in [0, 1], got {tolerance!r}")
+    best = accuracy[order[0]]
+    keep = [i for i in order if accuracy[i] >= best - tolerance - 1e-9]
+    return sorted(keep if len(keep) >= n else order[:n])
+
+
+def choose_teams(kappa: torch.Tensor, policy: TeamPolicy, members: Sequence[int] | None = None,
+                 count: int = 1) -> list[Team]:
+    """`count` teams (the most diverse ones when count > 1 and the policy is kappa-based,
+    else one team drawn by `policy`) among `members` (pool indices; default all), as
+    indices into the whole pool."""
+    idx = list(range(int(kappa.shape[0]))) if members is None else list(members)
+    sub = kappa[idx][:, idx]
+    if count > 1 and policy.policy != "randbase":
+        local = top_teams(sub, policy.n, count)
+    else:
+        local = [select_team(sub, policy)]
+    return [tuple(idx[i] for i in t) for t in local]
