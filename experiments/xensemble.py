@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from bastion.attacks import registry
+from bastion.attacks.evasion import FGSM
 from bastion.attacks.evasion.targets import select_targets
 from bastion.core import Classifier, seed_everything
 from bastion.data import load
@@ -36,13 +37,19 @@ from bastion.defenses.ensemble import (
     TeamPolicy,
     load_pool,
     pairwise_matrix,
-    select_team,
     team_diversity,
     team_score,
-    top_teams,
 )
+from bastion.defenses.ensemble.teams import accurate_members, choose_teams
 from bastion.defenses.ood import XEnsembleFlag, build_ood_detector, ood_set
-from bastion.defenses.preprocess import BitDepth, MedianFilter, NonLocalMeans, Rotation
+from bastion.defenses.preprocess import (
+    BitDepth,
+    Chain,
+    GaussianBlur,
+    MedianFilter,
+    NonLocalMeans,
+    Rotation,
+)
 from bastion.defenses.xensemble import XEnsemble, XEnsembleConfig, admit_denoisers
 from bastion.metrics.xensemble import benign_rates, defense_rates, ood_metrics
 from bastion.models import build_classifier, load_classifier, save_classifier
@@ -67,9 +74,12 @@ ATTACKS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("JSMA-most", "jsma", "most", {}),
     ("JSMA-ll", "jsma", "ll", {}),
 ]
-CANDIDATES = [BitDepth(1), MedianFilter(3), Rotation(-12.0), BitDepth(2), Rotation(12.0), NonLocalMeans()]
+# the dissertation's MNIST denoisers, and 1-bit depth after a light blur or a small rotation
+CANDIDATES = [BitDepth(1), MedianFilter(3), Rotation(-12.0), BitDepth(2), Rotation(12.0), NonLocalMeans(),
+              Chain((GaussianBlur(sigma=0.5), BitDepth(1))), Chain((Rotation(3.0), BitDepth(1))),
+              Chain((Rotation(-3.0), BitDepth(1))), Chain((MedianFilter(3), BitDepth(1)))]
+MEMBER_TOLERANCE = 0.02
 SEEDS = 5
-HEAD = "cross-layer [quan-1-bit]"
 
 
 def log(msg: str) -> None:
@@ -168,6 +178,9 @@ def main() -> None:
     ok = (target.predict(test.x).cpu() == test.y).nonzero().flatten()[:args.n]
     x, y = test.x[ok], test.y[ok]
     val_x, val_y = train.x[-500:], train.y[-500:]
+    # members' accuracy for team eligibility: test images 500-999, outside the benign and
+    # adversarial evaluation sets (the pool was trained on the whole training split)
+    held_x, held_y = test.x[500:], test.y[500:]
     result: dict[str, Any] = {"meta": {"n": args.n, "benign_n": args.benign, "ood_n": args.ood, "threads": args.threads,
                                        "torch": torch.__version__, "cpu": platform.machine(),
                                        "target": "cnn7", "pool": names,
@@ -179,7 +192,11 @@ def main() -> None:
     result["target_alone"]["benign"] = benign(target, xb, yb)
 
     # -- Tables 3.2-3.3: single denoisers on the target
-    admitted, records = admit_denoisers(target, CANDIDATES, val_x, val_y, 0.02)
+    # admission on held-out training images at 2 points; the k = 3 most effective on FGSM
+    # examples of those images (not of the evaluation images) form the input layer
+    val_adv = FGSM(eps=0.3)(target, val_x, val_y).x_adv
+    dens, records = admit_denoisers(target, CANDIDATES, val_x, val_y, 0.02, k=3, x_adv=val_adv)
+    admitted = [t for t, r in zip(CANDIDATES, records) if r["admitted"]]
     single = {}
     for t in CANDIDATES:
         single[t.describe()["name"] + str(t.params())] = {
@@ -188,7 +205,6 @@ def main() -> None:
         single[list(single)[-1]]["average"] = statistics.mean(single[list(single)[-1]]["per_attack"].values())
     result["single_denoisers"] = list(single.values())
     result["admission"] = records
-    dens = admitted[:3]
     log("single denoisers: " + ", ".join(f"{s['label']} {s['average']:.3f}" for s in single.values()))
     log(f"admitted: {[label_of(d) for d in admitted]}; input layer: {[label_of(d) for d in dens]}")
 
@@ -199,12 +215,19 @@ def main() -> None:
     result["kappa_fgsm"] = {"models": ["cnn7 (target)", *names], "matrix": kappa_all.tolist()}
     kappa = kappa_all[1:, 1:]
 
-    # -- teams
-    best = select_team(kappa, TeamPolicy("best-kappa", n=3))
-    tops = top_teams(kappa, 3, 5)
+    # -- teams, all policies drawing from the members within 2 points of the best member
+    member_acc = [m.accuracy(held_x, held_y) for m in members]
+    eligible = accurate_members(member_acc, MEMBER_TOLERANCE, 3)
+    result["eligible"] = {"tolerance": MEMBER_TOLERANCE, "accuracy_on": "test images 500-999",
+                          "accuracy": dict(zip(names, member_acc)), "members": [names[i] for i in eligible]}
+    log("eligible members: " + ", ".join(f"{names[i]} {member_acc[i]:.3f}" for i in eligible))
+    (best,) = choose_teams(kappa, TeamPolicy("best-kappa", n=3), eligible)
+    tops = choose_teams(kappa, TeamPolicy("best-kappa", n=3), eligible, 5)
     teams = {"Best-kappa": [best],
-             "Rand-kappa": [select_team(kappa, TeamPolicy("rand-kappa", n=3, top=5, seed=s)) for s in range(SEEDS)],
-             "RandBase": [select_team(kappa, TeamPolicy("randbase", n=3, seed=s)) for s in range(SEEDS)]}
+             "Rand-kappa": [choose_teams(kappa, TeamPolicy("rand-kappa", n=3, top=5, seed=s), eligible)[0]
+                            for s in range(SEEDS)],
+             "RandBase": [choose_teams(kappa, TeamPolicy("randbase", n=3, seed=s), eligible)[0]
+                          for s in range(SEEDS)]}
     result["teams"] = {k: [{"members": [names[i] for i in t], "mean_kappa": team_score(kappa, t)} for t in v]
                        for k, v in teams.items()}
     result["top_teams"] = [[names[i] for i in t] for t in tops]
@@ -213,9 +236,11 @@ def main() -> None:
                                     for m in ("kappa", "q", "correlation", "disagreement", "generalized_diversity")}
                                 for k, v in teams.items()}
     table: dict[str, Any] = {}
-    # input layers: the first three admitted denoisers (k = 3), and 1-bit quantization alone,
-    # the input layer of the dissertation's best MNIST configuration
-    layers = {f"k=3: {', '.join(label_of(d) for d in dens)}": dens, "quan-1-bit": [BitDepth(1)]}
+    # input layers: the three most effective admitted denoisers (k = 3), and 1-bit
+    # quantization alone, the input layer of the dissertation's best MNIST configuration
+    k3 = f"k=3: {', '.join(label_of(d) for d in dens)}"
+    layers = {k3: dens, "quan-1-bit": [BitDepth(1)]}
+    head = result["head"] = f"cross-layer [{k3}]"
     result["input_layers"] = list(layers)
     for lname, ld in layers.items():
         input_only = XEnsemble(target, ld, [], XEnsembleConfig(mode="input-only"))
@@ -231,11 +256,13 @@ def main() -> None:
             table[f"{key} {policy}"] = mean_runs(runs)
         log(f"{policy}: " + ", ".join(f"{key} DSR {table[f'{key} {policy}']['average']['dsr']:.3f}"
                                      for key, _, _ in variants))
-    headline = [BitDepth(1)]
+    headline = dens  # XEnsemble as defined: k = 3 denoisers, then the team
     # the moving target: per-query draw among the top 5 teams
     mt = XEnsemble(target, headline, [[members[i] for i in t] for t in tops], XEnsembleConfig(top=5))
-    table["cross-layer [quan-1-bit] top-5 per-query draw"] = {**rates(mt, advs, y), "benign": benign(mt, xb, yb)}
+    table[f"{head} top-5 per-query draw"] = {**rates(mt, advs, y), "benign": benign(mt, xb, yb)}
     result["defenses"] = table
+    result["team_member_benign"] = {names[i]: members[i].accuracy(xb, yb) for i in best}
+    result["target_benign"] = target.accuracy(xb, yb)
 
     # -- comparison with training-time defenses (same transferred examples)
     comp = {}
@@ -260,8 +287,21 @@ def main() -> None:
             pt, ft = xe.predict_with_reject(xt)
             adaptive[label]["transfer_dsr"] = defense_rates(pt.cpu(), ft.cpu(), y)["dsr"]
         else:
-            adaptive[label]["transfer_dsr"] = table[f"{HEAD} Best-kappa"]["per_attack"][label]["dsr"]
+            adaptive[label]["transfer_dsr"] = table[f"{head} Best-kappa"]["per_attack"][label]["dsr"]
         log(f"adaptive {label}: DSR {adaptive[label]['dsr']:.3f} (transfer {adaptive[label]['transfer_dsr']:.3f})")
+    # the moving target under the same white-box attack: the surrogate averages every team
+    # the per-query draw can pick; each query is then answered by its drawn team
+    for label, params in (("PGD, top-5 per-query draw", {"eps": 0.3, "steps": 40}),
+                          ("PGD-L2 eps 2, top-5 per-query draw", {"eps": 2.0, "norm": "l2", "steps": 40})):
+        t0 = time.perf_counter()
+        res = registry.create("pgd", **params)(mt.adaptive(), x, y)
+        pred, flag = mt.predict_with_reject(res.x_adv)
+        xt = advs["PGD"] if "L2" not in label else registry.create("pgd", **params)(target, x, y).x_adv
+        pt, ft = mt.predict_with_reject(xt)
+        adaptive[label] = {**defense_rates(pred.cpu(), flag.cpu(), y), "surrogate_accuracy": res.robust_accuracy,
+                           "seconds": time.perf_counter() - t0,
+                           "transfer_dsr": defense_rates(pt.cpu(), ft.cpu(), y)["dsr"]}
+        log(f"adaptive {label}: DSR {adaptive[label]['dsr']:.3f}")
     result["adaptive"] = adaptive
 
     # -- OOD
@@ -357,6 +397,8 @@ def label_of(t: Any) -> str:
         return f"rotation {p['degrees']:+g}"
     if t.name == "nlm":
         return "non-local means"
+    if t.name == "chain":
+        return " + ".join(label_of(u) for u in t.transforms)
     return t.name
 
 
@@ -373,8 +415,9 @@ def mean_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
     d = r["defenses"]
-    cl = d[f"{HEAD} Best-kappa"]
-    k3 = next(k for k in d if k.startswith("cross-layer [k=3") and k.endswith("Best-kappa"))
+    head = r["head"]
+    cl = d[f"{head} Best-kappa"]
+    one = d["cross-layer [quan-1-bit] Best-kappa"]
     singles = r["single_denoisers"]
     best_single = max(s["average"] for s in singles)
     out = []
@@ -382,23 +425,24 @@ def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
     def add(claim: str, holds: bool, detail: str) -> None:
         out.append({"claim": claim, "holds": bool(holds), "detail": detail})
 
-    add("cross-layer DSR above every single denoiser", cl["average"]["dsr"] > best_single,
-        f"{cl['average']['dsr']:.3f} vs best single denoiser {best_single:.3f}")
-    add("cross-layer DSR with k = 3 denoisers above every single denoiser", d[k3]["average"]["dsr"] > best_single,
-        f"{d[k3]['average']['dsr']:.3f} ({k3}) vs {best_single:.3f}")
+    dsr = cl["average"]["dsr"]
+    add("cross-layer DSR (k = 3 denoisers) above every single denoiser", dsr > best_single,
+        f"{dsr:.3f} ({head}) vs best single denoiser {best_single:.3f}")
+    add("cross-layer DSR with 1-bit depth alone above every single denoiser", one["average"]["dsr"] > best_single,
+        f"{one['average']['dsr']:.3f} vs {best_single:.3f}")
     ob = d["output-only Best-kappa"]["average"]["dsr"]
-    add("cross-layer DSR above output-only (Best-kappa)", cl["average"]["dsr"] > ob, f"{cl['average']['dsr']:.3f} vs {ob:.3f}")
-    for mode in (HEAD, "output-only"):
+    add("cross-layer DSR above output-only (Best-kappa)", dsr > ob, f"{dsr:.3f} vs {ob:.3f}")
+    for mode in (head, "cross-layer [quan-1-bit]", "output-only"):
         b, rb = d[f"{mode} Best-kappa"]["average"]["dsr"], d[f"{mode} RandBase"]["average"]["dsr"]
         add(f"Best-kappa above RandBase ({mode})", b > rb, f"{b:.3f} vs {rb:.3f} (RandBase mean of {SEEDS} teams)")
     for name, base in r["baselines"].items():
         v = base["average"]["psr"]
-        add(f"cross-layer DSR above {name}", cl["average"]["dsr"] > v, f"{cl['average']['dsr']:.3f} vs {v:.3f}")
-    best_member = max(v for k, v in r["meta"]["pool_accuracy"].items())
+        add(f"cross-layer DSR above {name}", dsr > v, f"{dsr:.3f} vs {v:.3f}")
     acc = cl["benign"]["accuracy"]
+    name, best_member = max(r["team_member_benign"].items(), key=lambda kv: kv[1])
     add("benign accuracy within 1 point of the best single member", acc >= best_member - 0.01,
-        f"{acc:.3f} (answered and correct, {r['meta']['benign_n']} images) vs best member {best_member:.3f} "
-        "(whole test split)")
+        f"{acc:.3f} (answered and correct, {r['meta']['benign_n']} images) vs its best member {name} "
+        f"{best_member:.3f} on the same images; the target cnn7: {r['target_benign']:.3f}")
     return out
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bastion.core import Classifier, ConfigError, require
+from bastion.core import Classifier, ConfigError, InputSpec, require
 from bastion.defenses.ensemble.ensemble import StackedMembers, check_members
 from bastion.defenses.preprocess.base import Transform, build
 
@@ -87,6 +87,21 @@ def decide(votes: torch.Tensor, reference: torch.Tensor, threshold: float = DEFA
     out = torch.where((branch == MAJORITY)[:, None] | (branch == MINORITY_FAR)[:, None], mean_agree,
                       torch.where((branch == MINORITY_NEAR)[:, None], best, mean_all))
     return out, branch
+
+
+def default_candidates(spec: InputSpec) -> list[Transform]:
+    """The candidate denoisers XEnsemble admits from when none are given. Grey images: the
+    dissertation's MNIST set (1-bit depth, 3 x 3 median, -12 degree rotation) and 1-bit
+    depth after a light blur or a 3 degree rotation, which on MNIST keep 1-bit depth's
+    strength against Linf perturbations while differing from it near stroke edges; colour
+    images: the L1 rule's set (non-local means, 2 x 2 median, rotation)."""
+    from bastion.defenses.detect.l1 import L1Config
+    from bastion.defenses.preprocess import BitDepth, Chain, GaussianBlur, MedianFilter, Rotation
+
+    if len(spec.shape) == 3 and spec.shape[0] == 1:
+        return [BitDepth(1), MedianFilter(3), Rotation(-12.0), Chain((GaussianBlur(sigma=0.5), BitDepth(1))),
+                Chain((Rotation(3.0), BitDepth(1))), Chain((Rotation(-3.0), BitDepth(1)))]
+    return L1Config().default_denoisers(spec)
 
 
 def admit_denoisers(target: Classifier, candidates: Sequence[Transform | str | dict[str, Any]],

@@ -46,9 +46,10 @@ class EnsembleDefenseConfig:
             first (3; with kappa_on='benign', the first k admitted).
         member_tolerance: teams are drawn among the members whose accuracy on the
             validation images is within this of the best member's (0.02; None = all).
-        denoisers: xensemble: candidate denoisers (None = 1-bit depth, 3x3 median and a
-            -12 degree rotation for one-channel images; non-local means, 2x2 median and
-            rotation for colour images).
+        denoisers: xensemble: candidate denoisers (None = `xensemble.default_candidates`:
+            1-bit depth, 3x3 median, a -12 degree rotation and 1-bit depth after a light
+            blur or a +-3 degree rotation for one-channel images; non-local means, 2x2
+            median and rotation for colour images).
         kappa_on: 'fgsm' (kappa on FGSM examples of the target, default) or 'benign'.
         fgsm_eps: the FGSM budget for kappa_on='fgsm' (0.3, the MNIST setting).
         seed: seeds team draws.
@@ -140,9 +141,9 @@ def make(model: Classifier, kind: str, params: dict[str, Any], x_val: torch.Tens
         den_recs: list[dict[str, Any]] = []
         admitted: list[Any] = []
         if kind == XENSEMBLE and cfg.mode != "output-only":
-            from bastion.defenses.detect.l1 import L1Config
+            from bastion.defenses.xensemble import default_candidates
 
-            cands = cfg.denoisers if cfg.denoisers is not None else L1Config().default_denoisers(model.spec)
+            cands = cfg.denoisers if cfg.denoisers is not None else default_candidates(model.spec)
             admitted, den_recs = admit_denoisers(model, cands, x_val, y_val, cfg.tolerance, cfg.k,
                                                  xk if cfg.kappa_on == "fgsm" else None)
         record = {"kind": kind, "name": kind, "params": _jsonable(asdict(cfg)),
