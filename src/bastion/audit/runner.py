@@ -161,6 +161,8 @@ def run_audit(model: Classifier | str | Path, cfg: AuditConfig, out_dir: str | P
         check_engine(engine, address)
         cluster = connect(address)  # a missing extra or an unreachable cluster fails before any work
     prep = _prepare(model, cfg, data, device, root)
+    if cluster is not None and prep.device.type != "cpu":
+        raise ConfigError("the Ray engine runs audit steps on CPU workers; use --device cpu")
     prep.threads = choose_threads(prep.model, prep.test.x, threads, cfg.batch_size)
     out = Path(out_dir)
     created = probe_writable(out)
