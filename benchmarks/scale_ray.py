@@ -3,7 +3,7 @@
 Bastion's local path against the Ray engine, plus a simulated multi-node cluster.
 
     python benchmarks/scale_ray.py [--shadows 64] [--pool 600] [--epochs 1] [--arch cnn-small]
-                                   [--cpus 2] [--nodes 2] [--node-shadows 64]
+                                   [--cpus 2] [--nodes 2] [--node-shadows 64] [--repeats 2]
 
 1. local: `train_shadows(method='auto')` (the fixed rule picks vmap or worker processes),
    and each local path ('vmap': all models stacked in this process; 'process': one
@@ -69,7 +69,7 @@ def multi_node(x: torch.Tensor, y: torch.Tensor, n: int, cfg: ShadowConfig, node
     """Head (0 CPUs) + `nodes` one-CPU worker nodes started with `ray start`; returns timings
     and the per-node task counts."""
     from bastion.scale import engine
-    from bastion.scale.shadows import last_placement, wait_for_nodes
+    from bastion.scale.shadows import last_placement, last_task_seconds, wait_for_nodes
 
     port = _free_port()
     env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
@@ -109,12 +109,16 @@ def multi_node(x: torch.Tensor, y: torch.Tensor, n: int, cfg: ShadowConfig, node
         wall = time.perf_counter() - t0
         import ray
 
-        names = {nd["NodeID"]: ("head" if nd["Resources"].get("CPU", 0) == 0 else
-                                f"worker-{i}") for i, nd in enumerate(ray.nodes()) if nd.get("Alive")}
+        alive_nodes = [nd for nd in ray.nodes() if nd.get("Alive")]
+        workers = sorted(nd["NodeID"] for nd in alive_nodes if nd["Resources"].get("CPU", 0) > 0)
+        names = {nid: f"worker-{i + 1}" for i, nid in enumerate(workers)}
+        names.update({nd["NodeID"]: "head" for nd in alive_nodes if nd["Resources"].get("CPU", 0) == 0})
         placement = {names.get(k, k[:8]): v for k, v in last_placement().items()}
+        task_s = last_task_seconds()
         return {"address": address, "nodes_alive": alive, "cluster": cluster.to_dict(),
                 "startup_s": startup, "wall_s": wall, "trained": sh.trained,
-                "tasks_per_node": placement, "models": sh.models}
+                "tasks_per_node": placement, "task_seconds": task_s,
+                "ray_overhead": wall / (sum(task_s) / nodes), "models": sh.models}
     finally:
         engine.shutdown()
         for p in reversed(procs):  # only the processes started here, by process group
@@ -137,11 +141,13 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--node-shadows", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="alternate the local 'process' path and Ray this many times (minimum kept)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
     from bastion.scale import engine
-    from bastion.scale.shadows import last_placement
+    from bastion.scale.shadows import last_placement, last_task_seconds
 
     d = load("mnist-5k", "train")
     x, y = d.x[:args.pool], d.y[:args.pool]
@@ -175,15 +181,38 @@ def main() -> None:
         t0 = time.perf_counter()
         rs = train_shadows(x, y, args.shadows, replace(cfg, method="ray"), cache_dir=tmp / "ray", device="cpu",
                            progress=False)
-        res["ray"] = {"wall_s": time.perf_counter() - t0, "cluster": cluster.to_dict(),
-                      "tasks_per_node": last_placement()}
+        wall = time.perf_counter() - t0
+        task_s = last_task_seconds()
+        # wall time over the ideal of the tasks' own work spread evenly over the CPUs
+        res["ray"] = {"wall_s": wall, "cluster": cluster.to_dict(), "tasks_per_node": last_placement(),
+                      "task_seconds": task_s, "ray_overhead": wall / (sum(task_s) / args.cpus)}
         res["ray_over_local"] = res["ray"]["wall_s"] / res["local"]["wall_s"]
         res["ray_over_local_best"] = res["ray"]["wall_s"] / res["local_best"]["wall_s"]
         res["max_weight_diff_ray_vs_local"] = _max_diff(local.models, rs.models)
-        print(f"ray: {res['ray']['wall_s']:.1f} s (start-up {res['ray_startup_s']:.1f} s), "
-              f"ratio {res['ray_over_local']:.2f} (vs best local {res['ray_over_local_best']:.2f}), max weight diff {res['max_weight_diff_ray_vs_local']:.2e}",
-              flush=True)
         engine.shutdown()
+        proc_s, ray_s = [res["local_process"]["wall_s"]], [wall]
+        for r in range(1, args.repeats):  # alternate, so a change in the machine's load hits both
+            t0 = time.perf_counter()
+            train_shadows(x, y, args.shadows, replace(cfg, method="process"), cache_dir=tmp / f"process{r}",
+                          device="cpu", progress=False)
+            proc_s.append(time.perf_counter() - t0)
+            engine.connect(num_cpus=args.cpus)
+            t0 = time.perf_counter()
+            train_shadows(x, y, args.shadows, replace(cfg, method="ray"), cache_dir=tmp / f"ray{r}", device="cpu",
+                          progress=False)
+            ray_s.append(time.perf_counter() - t0)
+            engine.shutdown()
+            print(f"repeat {r}: process {proc_s[-1]:.1f} s, ray {ray_s[-1]:.1f} s", flush=True)
+        res["local_process"]["samples_s"], res["ray"]["samples_s"] = proc_s, ray_s
+        res["local_process"]["wall_s"], res["ray"]["wall_s"] = min(proc_s), min(ray_s)
+        best = min(("local", "local_vmap", "local_process"), key=lambda k: res[k]["wall_s"])
+        res["local_best"] = {"method": res[best]["method"], "wall_s": res[best]["wall_s"]}
+        res["ray_over_local"] = res["ray"]["wall_s"] / res["local"]["wall_s"]
+        res["ray_over_local_best"] = res["ray"]["wall_s"] / res["local_best"]["wall_s"]
+        print(f"ray: {res['ray']['wall_s']:.1f} s (start-up {res['ray_startup_s']:.1f} s), "
+              f"ratio {res['ray_over_local']:.2f} (vs best local {res['ray_over_local_best']:.2f}), "
+              f"overhead {res['ray']['ray_overhead']:.2f}x the tasks' own work, "
+              f"max weight diff {res['max_weight_diff_ray_vs_local']:.2e}", flush=True)
 
         if args.nodes:
             mn = multi_node(x, y, args.node_shadows, cfg, args.nodes, tmp)

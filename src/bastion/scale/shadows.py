@@ -27,13 +27,21 @@ import torch
 from bastion.core import Classifier, InputSpec
 from bastion.scale.engine import cluster_cpus, connect, import_ray
 
-# per-node task counts of the last `train_ray` / `compute_signals_ray` call (benchmarks)
+# per-node task counts and per-task seconds of the last `train_ray` / `compute_signals_ray`
+# call (benchmarks: Ray's overhead is the wall time beyond the tasks' own work)
 _PLACEMENT: dict[str, Counter[str]] = {"train": Counter(), "score": Counter()}
+_TASK_SECONDS: dict[str, list[float]] = {"train": [], "score": []}
 
 
 def last_placement(kind: str = "train") -> dict[str, int]:
     """Tasks per Ray node id of the last training ('train') or scoring ('score') call."""
     return dict(_PLACEMENT[kind])
+
+
+def last_task_seconds(kind: str = "train") -> list[float]:
+    """Seconds each task of the last training ('train') or scoring ('score') call spent
+    inside its own work (excluding scheduling and transfers)."""
+    return list(_TASK_SECONDS[kind])
 
 
 def _node_id() -> str:
@@ -43,10 +51,12 @@ def _node_id() -> str:
 
 
 def _train_group_task(x: torch.Tensor, y: torch.Tensor, cfg: Any, spec: InputSpec, num_classes: int,
-                      ids: list[int], stacked: bool, threads: int) -> tuple[str, list[tuple[int, dict, list]]]:
-    """One Ray task: train shadow models `ids` on CPU; return (node id, [(i, weights, losses)])."""
+                      ids: list[int], stacked: bool, threads: int) -> tuple[str, float, list[tuple[int, dict, list]]]:
+    """One Ray task: train shadow models `ids` on CPU; return (node id, seconds,
+    [(i, weights, losses)])."""
     from bastion.training import shadow as sh
 
+    t0 = time.perf_counter()
     torch.set_num_threads(threads)
     n, dev = int(x.shape[0]), torch.device("cpu")
     models = [sh._build(cfg, spec, num_classes, i, dev) for i in ids]
@@ -60,7 +70,7 @@ def _train_group_task(x: torch.Tensor, y: torch.Tensor, cfg: Any, spec: InputSpe
         losses = [sh._train_one(m, x, y, ix, i, cfg) for m, ix, i in zip(models, idxs, ids, strict=True)]
     out = [(i, {k: v.detach().contiguous().numpy() for k, v in m.module.state_dict().items()}, ls)
            for i, m, ls in zip(ids, models, losses, strict=True)]
-    return _node_id(), out
+    return _node_id(), time.perf_counter() - t0, out
 
 
 def group_sizes(todo: int, cpus: int, group_size: int) -> int:
@@ -87,12 +97,13 @@ def train_ray(todo: Sequence[int], x: torch.Tensor, y: torch.Tensor, cfg: Any, s
     xr, yr = ray.put(x.detach().cpu().contiguous()), ray.put(y.detach().cpu().long().contiguous())
     pending = [remote.remote(xr, yr, cfg, spec, num_classes, list(todo[s:s + per]), stacked, 1)
                for s in range(0, len(todo), per)]
-    _PLACEMENT["train"] = Counter()
+    _PLACEMENT["train"], _TASK_SECONDS["train"] = Counter(), []
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            node, results = ray.get(done[0])
+            node, secs, results = ray.get(done[0])
             _PLACEMENT["train"][node] += 1
+            _TASK_SECONDS["train"].append(secs)
             for i, sd, ls in results:
                 clf = sh._build(cfg, spec, num_classes, i, torch.device("cpu"))
                 # Ray hands back read-only arrays: copy them into writable tensors
@@ -104,12 +115,13 @@ def train_ray(todo: Sequence[int], x: torch.Tensor, y: torch.Tensor, cfg: Any, s
 
 
 def _score_group_task(models: list[Classifier], x: torch.Tensor, y: torch.Tensor, member: torch.Tensor,
-                      augment: str, batch_size: int) -> tuple[str, Any]:
+                      augment: str, batch_size: int) -> tuple[str, float, Any]:
     from bastion.attacks.privacy.membership.signals import compute_signals
 
+    t0 = time.perf_counter()
     torch.set_num_threads(1)
-    return _node_id(), compute_signals(models, x, y, member, augment=augment, batch_size=batch_size,
-                                       workers=1)
+    sig = compute_signals(models, x, y, member, augment=augment, batch_size=batch_size, workers=1)
+    return _node_id(), time.perf_counter() - t0, sig
 
 
 def compute_signals_ray(models: Sequence[Classifier], x: torch.Tensor, y: torch.Tensor,
@@ -127,10 +139,11 @@ def compute_signals_ray(models: Sequence[Classifier], x: torch.Tensor, y: torch.
     cpu_models = [mod.to("cpu") for mod in models]
     refs = [remote.remote(cpu_models[s:s + per], xr, yr, member[:, s:s + per].contiguous(), augment, batch_size)
             for s in range(0, m, per)]
-    _PLACEMENT["score"] = Counter()
+    _PLACEMENT["score"], _TASK_SECONDS["score"] = Counter(), []
     parts = []
-    for node, sig in ray.get(refs):
+    for node, secs, sig in ray.get(refs):
         _PLACEMENT["score"][node] += 1
+        _TASK_SECONDS["score"].append(secs)
         parts.append(sig)
     return SignalMatrix.concat(parts)
 
