@@ -101,12 +101,15 @@ class _LoadTensors:
         return store.load_tensors(key)
 
 
-def _run_step(root: Any, context: dict[str, Any], key: str, fn: Callable[[], Any],
-              rng: tuple[Any, Any, Any], threads: int) -> tuple[str, str, bool]:
-    """One Ray task: run step `key` into the run folder; returns (key, node id, cached)."""
+def _run_step(root: Any, context: dict[str, Any], steps: list[tuple[str, Callable[[], Any], Any]],
+              index: int, threads: int) -> tuple[str, str, bool]:
+    """One Ray task: run step `steps[index]` (key, fn, RNG state) into the run folder;
+    returns (key, node id, cached). All steps of a round travel as one object, so the
+    data their functions share (model, data sets) is serialised once, not once per step."""
     import ray
 
     global _WORKER_STORE
+    key, fn, rng = steps[index]
     torch.set_num_threads(threads)
     torch.set_rng_state(rng[0])
     np.random.set_state(rng[1])
@@ -162,7 +165,8 @@ def dispatch_steps(prep: Any, cfg: Any, store: RunStore, log: Callable[[str], No
             rounds += 1
             if log is not None:
                 log(f"ray: round {rounds}, {len(new)} step(s)")
-            refs = [remote.remote(store.root, store.context, k, fn, rng, threads) for k, (fn, rng) in new.items()]
+            shared = ray.put([(k, fn, rng) for k, (fn, rng) in new.items()])
+            refs = [remote.remote(store.root, store.context, shared, i, threads) for i in range(len(new))]
             for ref in refs:
                 try:
                     key, node, _ = ray.get(ref)
