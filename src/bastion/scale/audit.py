@@ -35,7 +35,7 @@ import torch
 from bastion.audit.sections import AuditContext, get_section
 from bastion.audit.store import RunStore
 from bastion.core import seed_everything
-from bastion.scale.engine import connect, import_ray
+from bastion.scale.engine import connect, get, import_ray
 
 # the store a Ray task writes into while it runs a step (None outside a task)
 _WORKER_STORE: RunStore | None = None
@@ -168,13 +168,7 @@ def dispatch_steps(prep: Any, cfg: Any, store: RunStore, log: Callable[[str], No
             shared = ray.put([(k, fn, rng) for k, (fn, rng) in new.items()])
             refs = [remote.remote(store.root, store.context, shared, i, threads) for i in range(len(new))]
             for ref in refs:
-                try:
-                    key, node, _ = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:  # the step's own error, not Ray's wrapper
-                    cause = getattr(e, "cause", None)
-                    if isinstance(cause, BaseException):
-                        raise cause from None
-                    raise
+                key, node, _ = get(ref)  # a failing step raises its own error
                 done.append(key)
                 placement[node] = placement.get(node, 0) + 1
     finally:

@@ -142,6 +142,19 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     return Cluster(address or "local", len(alive), int(res.get("CPU", 0)), str(ray.__version__))
 
 
+def get(ref: Any) -> Any:
+    """`ray.get(ref)`, re-raising a task's own exception (a ConfigError stays a one-line
+    ConfigError) instead of Ray's wrapper with the worker's traceback."""
+    ray = import_ray()
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException):
+            raise cause from None
+        raise
+
+
 def cluster_cpus() -> int:
     """CPUs of the connected cluster (at least 1)."""
     ray = import_ray()

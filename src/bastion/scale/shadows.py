@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bastion.core import Classifier, InputSpec
-from bastion.scale.engine import cluster_cpus, connect, import_ray
+from bastion.scale.engine import cluster_cpus, connect, get, import_ray
 
 # per-node task counts and per-task seconds of the last `train_ray` / `compute_signals_ray`
 # call (benchmarks: Ray's overhead is the wall time beyond the tasks' own work)
@@ -101,7 +101,7 @@ def train_ray(todo: Sequence[int], x: torch.Tensor, y: torch.Tensor, cfg: Any, s
     try:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            node, secs, results = ray.get(done[0])
+            node, secs, results = get(done[0])
             _PLACEMENT["train"][node] += 1
             _TASK_SECONDS["train"].append(secs)
             for i, sd, ls in results:
@@ -141,7 +141,7 @@ def compute_signals_ray(models: Sequence[Classifier], x: torch.Tensor, y: torch.
             for s in range(0, m, per)]
     _PLACEMENT["score"], _TASK_SECONDS["score"] = Counter(), []
     parts = []
-    for node, secs, sig in ray.get(refs):
+    for node, secs, sig in (get(r) for r in refs):
         _PLACEMENT["score"][node] += 1
         _TASK_SECONDS["score"].append(secs)
         parts.append(sig)
