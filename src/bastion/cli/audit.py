@@ -79,7 +79,7 @@ def audit_cmd(
     fail_on: str = typer.Option("never", "--fail-on", help="Exit with code 1 when any scorecard verdict "
                                 "is at least this bad: fail | warn | never (default)."),
     engine: str = typer.Option("local", "--engine", help="local (this process) | ray (every (section, "
-                               "attack, budget) step as a Ray task; needs bastion[scale])."),
+                               "attack, budget) step as a Ray task; needs the scale extra)."),
     address: str = typer.Option(None, "--address", help="With --engine ray: an existing Ray cluster "
                                 "(host:port, ray://host:port or auto); default: a local one."),
     as_json: bool = JSON_OPTION,

@@ -76,7 +76,7 @@ def mia_cmd(
     epochs: int = typer.Option(None, "--shadow-epochs", help="Override the target's recorded epochs."),
     method: str = typer.Option("auto", "--method", help="Shadow training: auto | loop | vmap | process."),
     engine: str = typer.Option("local", "--engine", help="local (this process) | ray (shadow training and "
-                               "scoring as Ray tasks; needs bastion[scale])."),
+                               "scoring as Ray tasks; needs the scale extra)."),
     address: str = typer.Option(None, "--address", help="With --engine ray: an existing Ray cluster "
                                 "(host:port, ray://host:port or auto); default: a local one."),
     pool_size: int = typer.Option(None, "--pool-size", help="Cap the attacker's pool (random subset)."),
