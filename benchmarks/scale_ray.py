@@ -4,6 +4,7 @@ Bastion's local path against the Ray engine, plus a simulated multi-node cluster
 
     python benchmarks/scale_ray.py [--shadows 64] [--pool 600] [--epochs 1] [--arch cnn-small]
                                    [--cpus 2] [--nodes 2] [--node-shadows 64] [--repeats 2]
+    python benchmarks/scale_ray.py --part audit [--cpus 2] [--audit-n 64] [--pgd-steps 10]
 
 1. local: `train_shadows(method='auto')` (the fixed rule picks vmap or worker processes),
    and each local path ('vmap': all models stacked in this process; 'process': one
@@ -17,6 +18,10 @@ Bastion's local path against the Ray engine, plus a simulated multi-node cluster
    resource limit, as on separate machines), the driver connects with
    `address=127.0.0.1:PORT`, trains `--node-shadows` models and records how many tasks
    ran on each node. Only the processes this script started are stopped.
+
+`--part audit` instead times a 6-step evasion audit (FGSM and 10-step PGD at three
+budgets) locally and with `engine='ray'` and checks the robust accuracies agree
+(benchmarks/results/scale_ray_audit.json).
 
 All three caches must agree: the script checks that the Ray-trained weights equal the
 local ones within float tolerance. Writes benchmarks/results/scale_ray.json.
@@ -131,6 +136,56 @@ def multi_node(x: torch.Tensor, y: torch.Tensor, n: int, cfg: ShadowConfig, node
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+AUDIT_SWEEP = {"data": {"n": 64}, "sections": [
+    {"kind": "evasion", "attacks": [{"attack": "fgsm", "eps": [0.05, 0.1, 0.2]},
+                                    {"attack": "pgd", "eps": [0.05, 0.1, 0.2], "params": {"steps": 10}}]}]}
+
+
+def audit_sweep(cpus: int, out: Path, n: int = 64, pgd_steps: int = 10) -> None:
+    """`--part audit`: a 6-step evasion audit (cnn-small trained 1 epoch, 64 test images),
+    locally and with engine='ray'; checks the results agree and writes `out`."""
+    from bastion.audit import parse_config, run_audit
+    from bastion.models import build_classifier
+    from bastion.scale import engine
+    from bastion.training import TrainConfig, fit
+
+    train, test = load("mnist-5k", "train"), load("mnist-5k", "test")
+    torch.manual_seed(0)
+    model = build_classifier("cnn-small", train.input_spec(), train.num_classes, {}, device="cpu")
+    fit(model, train, test, TrainConfig(epochs=1, seed=0, progress=False))
+    tmp = Path(tempfile.mkdtemp(prefix="bastion-scale-audit-"))
+    sweep = json.loads(json.dumps(AUDIT_SWEEP))
+    sweep["data"]["n"] = n
+    sweep["sections"][0]["attacks"][1]["params"]["steps"] = pgd_steps
+    res: dict = {"config": sweep, "cpus": cpus}
+    try:
+        t0 = time.perf_counter()
+        local = run_audit(model, parse_config(json.loads(json.dumps(sweep))), tmp / "local", data="mnist-5k")
+        res["local_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        engine.connect(num_cpus=cpus)
+        res["ray_startup_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ray_run = run_audit(model, parse_config(json.loads(json.dumps(sweep))), tmp / "ray", data="mnist-5k",
+                            engine="ray")
+        res["ray_s"] = time.perf_counter() - t0
+        res["ray_over_local"] = res["ray_s"] / res["local_s"]
+        res["engine"] = ray_run.results["engine"]
+        rows = [[r["attack"], r["eps"], r["robust_accuracy"]] for r in local.results["sections"]["evasion"]["summary"]["runs"]]
+        rows_ray = [[r["attack"], r["eps"], r["robust_accuracy"]]
+                    for r in ray_run.results["sections"]["evasion"]["summary"]["runs"]]
+        res["robust_accuracy_equal"] = rows == rows_ray
+        res["runs"] = rows
+        print(f"audit: local {res['local_s']:.1f} s, ray {res['ray_s']:.1f} s (start-up {res['ray_startup_s']:.1f} s), "
+              f"ratio {res['ray_over_local']:.2f}, equal {res['robust_accuracy_equal']}", flush=True)
+    finally:
+        engine.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shadows", type=int, default=64)
@@ -144,7 +199,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2,
                     help="alternate the local 'process' path and Ray this many times (minimum kept)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--part", choices=("shadows", "audit"), default="shadows",
+                    help="audit: time a 6-step evasion audit locally and on Ray instead")
+    ap.add_argument("--audit-n", type=int, default=64, help="--part audit: test images attacked")
+    ap.add_argument("--pgd-steps", type=int, default=10, help="--part audit: PGD iterations")
     args = ap.parse_args()
+    if args.part == "audit":
+        audit_sweep(args.cpus, args.out if args.out != OUT else OUT.with_name("scale_ray_audit.json"),
+                    args.audit_n, args.pgd_steps)
+        return
 
     from bastion.scale import engine
     from bastion.scale.shadows import last_placement, last_task_seconds
