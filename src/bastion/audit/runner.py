@@ -143,15 +143,26 @@ def _holds_work(out: Path) -> bool:
 def run_audit(model: Classifier | str | Path, cfg: AuditConfig, out_dir: str | Path,
               data: str | None = None, device: str = "auto", root: str | Path | None = None,
               wait: bool = False, threads: int | None = None,
-              progress: bool | None = None) -> AuditRun:
+              progress: bool | None = None, engine: str = "local",
+              address: str | None = None) -> AuditRun:
     """Audit `model` (a Classifier or a checkpoint path) as configured; outputs go to
     `out_dir`. Finished steps found in `out_dir` are reused (resume) when their whole key
     matches. Another audit writing into `out_dir` makes this raise DataError, or with
     `wait` wait for it. A failure before any step finished removes the folder again when
     this call created it. `threads`: intra-op CPU threads (None = measured, see
-    bastion.threads); `progress`: report each step on stderr (None = on a terminal)."""
+    bastion.threads); `progress`: report each step on stderr (None = on a terminal).
+    `engine='ray'` runs the steps as Ray tasks first (`bastion.scale.audit`; `address`:
+    an existing cluster, default a local one), then builds the report as a local run."""
     started = time.perf_counter()
+    cluster = None
+    if engine != "local" or address is not None:
+        from bastion.scale.engine import check_engine, connect
+
+        check_engine(engine, address)
+        cluster = connect(address)  # a missing extra or an unreachable cluster fails before any work
     prep = _prepare(model, cfg, data, device, root)
+    if cluster is not None and prep.device.type != "cpu":
+        raise ConfigError("the Ray engine runs audit steps on CPU workers; use --device cpu")
     prep.threads = choose_threads(prep.model, prep.test.x, threads, cfg.batch_size)
     out = Path(out_dir)
     created = probe_writable(out)
@@ -159,22 +170,35 @@ def run_audit(model: Classifier | str | Path, cfg: AuditConfig, out_dir: str | P
         try:
             with using_threads(prep.threads.threads), \
                     task("audit", planned_steps(prep.sections), progress, interval=0) as bar:
-                return _execute(prep, cfg, out, started, bar)
+                dispatched = None
+                if cluster is not None:
+                    from bastion.scale.audit import dispatch_steps
+
+                    store = RunStore(out, run_context(prep, cfg))
+                    store.remove_stale_temps()
+                    dispatched = {**cluster.to_dict(), **dispatch_steps(prep, cfg, store)}
+                return _execute(prep, cfg, out, started, bar, dispatched)
         except BaseException:
             if created is not None and not _holds_work(out):
                 shutil.rmtree(created, ignore_errors=True)
             raise
 
 
-def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float, bar: Any = None) -> AuditRun:
+def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float, bar: Any = None,
+             ray_run: dict[str, Any] | None = None) -> AuditRun:
     model, test = prep.model, prep.test
     context = run_context(prep, cfg)
     store = RunStore(out, context)
     store.remove_stale_temps()
 
+    remote = set(ray_run["dispatched"]) if ray_run else set()
+    remote_hits = 0
+
     def step(key: str, fn: Any) -> Any:  # store.step, reporting each finished step
+        nonlocal remote_hits
         hits = store.hits
         value = store.step(key, fn)
+        remote_hits += int(key in remote and store.hits > hits)
         if bar is not None:
             bar.advance(1, info=step_label(key), cached=store.hits > hits)
         return value
@@ -218,13 +242,18 @@ def _execute(prep: _Prepared, cfg: AuditConfig, out: Path, started: float, bar: 
                               "threat_model": o.threat_model, "advice": o.advice, "notes": o.notes,
                               "tables": [{"title": t.title, "columns": t.columns, "rows": t.rows,
                                           "caption": t.caption} for t in o.tables]} for o in outputs},
-        "steps": {"cached": store.hits, "new": store.misses, "corrupt_recomputed": store.corrupt},
+        # steps a Ray task ran for this call count as new, as in a local run
+        "steps": {"cached": store.hits - remote_hits, "new": store.misses + remote_hits,
+                  "corrupt_recomputed": store.corrupt},
         "cache_context": context,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": time.perf_counter() - started,
     }
+    if ray_run is not None:
+        results["engine"] = {"name": "ray", **{k: v for k, v in ray_run.items() if k != "dispatched"},
+                             "steps_on_ray": len(ray_run["dispatched"])}
     write_outputs(out, strict_json(results), render(results, outputs))
-    return AuditRun(out, results, outputs, store.hits, store.misses)
+    return AuditRun(out, results, outputs, store.hits - remote_hits, store.misses + remote_hits)
 
 
 def planned_steps(sections: list[dict[str, Any]]) -> int | None:

@@ -78,6 +78,10 @@ def audit_cmd(
                               "it to finish instead of refusing."),
     fail_on: str = typer.Option("never", "--fail-on", help="Exit with code 1 when any scorecard verdict "
                                 "is at least this bad: fail | warn | never (default)."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) | ray (every (section, "
+                               "attack, budget) step as a Ray task; needs the scale extra)."),
+    address: str = typer.Option(None, "--address", help="With --engine ray: an existing Ray cluster "
+                                "(host:port, ray://host:port or auto); default: a local one."),
     as_json: bool = JSON_OPTION,
     threads: int = THREADS_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -98,6 +102,10 @@ def audit_cmd(
     check_input_path(model, "--model")
     check_input_path(config, "--config")
     check_out_dir(out_dir, "--out")
+    if engine != "local" or address is not None:
+        from bastion.scale.engine import check_engine
+
+        check_engine(engine, address)
     setup(quiet, wide, threads)
     cfg = load_config(config)
     src = model_source(model, weights, input_shape, num_classes, mean, std, bounds, model_arg)
@@ -105,7 +113,8 @@ def audit_cmd(
         cfg.data.n = n
     if seed is not None:
         cfg.seed = seed
-    run = run_audit(src, cfg, out_dir, data=data, device=device, root=root, wait=wait, threads=threads)
+    run = run_audit(src, cfg, out_dir, data=data, device=device, root=root, wait=wait, threads=threads,
+                    engine=engine, address=address)
     res = run.results
     console.print(f"threads: {res['threads']} ({res['threads_policy']})", style="dim", highlight=False)
     console.print(f"[bold]{res['model']['name']}[/] on {res['data']['name']} ({res['data']['n']} examples): "

@@ -75,6 +75,10 @@ def mia_cmd(
     variance: str = typer.Option("auto", "--variance", help="LiRA variance: auto | per-example | global."),
     epochs: int = typer.Option(None, "--shadow-epochs", help="Override the target's recorded epochs."),
     method: str = typer.Option("auto", "--method", help="Shadow training: auto | loop | vmap | process."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) | ray (shadow training and "
+                               "scoring as Ray tasks; needs the scale extra)."),
+    address: str = typer.Option(None, "--address", help="With --engine ray: an existing Ray cluster "
+                                "(host:port, ray://host:port or auto); default: a local one."),
     pool_size: int = typer.Option(None, "--pool-size", help="Cap the attacker's pool (random subset)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the JSON report (and roc.png) here."),
     root: Path = ROOT_OPTION,
@@ -107,6 +111,16 @@ def mia_cmd(
         raise unknown_name("shadow-training method", method, SHADOW_METHODS)
     if variance not in VARIANCES:
         raise unknown_name("LiRA variance", variance, VARIANCES)
+    cluster = None
+    if engine != "local" or address is not None:
+        from bastion.scale.engine import check_engine, connect
+
+        check_engine(engine, address)
+        if method != "auto":
+            raise ConfigError(f"--engine ray trains each Ray task's models itself (stacked with vmap, or "
+                              f"one by one); drop --method {method}")
+        method = "ray"
+        cluster = connect(address)  # fails fast on a missing extra or an unreachable cluster
     cfg = MIAConfig(attacks=tuple(a.strip() for a in attack.split(",") if a.strip()), shadows=shadows,
                     attacker_data=attacker_data, eval_size=eval_size, augment=augment, lira_variance=variance,
                     shadow_epochs=epochs, method=method, pool_size=pool_size,
@@ -138,6 +152,7 @@ def mia_cmd(
     for w in warnings:
         console.print(f"[yellow]warning:[/] some figures are {w}; they are left out of the table", highlight=False)
     report = {"checkpoint": str(model), "data": data, "config": config_dict(cfg), **rep.to_dict(), **thr,
+              "engine": {"name": engine, **(cluster.to_dict() if cluster is not None else {})},
               "not_estimable": {a: sorted(v) for a, v in unsupported.items() if v}, "warnings": warnings}
     if out is not None:
         from bastion.audit.sections import fig_to_png

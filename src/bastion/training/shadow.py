@@ -13,6 +13,8 @@ halves of a data pool. This module trains them
   `cores // W` intra-op threads each train whole models from a shared work queue. Small
   conv nets scale badly over intra-op threads, so on a few CPU cores one model per core
   is faster than one model on all cores.
+- as Ray tasks (`method='ray'`, CPU, the optional `bastion[scale]` extra): one task per
+  group of models on a local or remote Ray cluster, see `bastion.scale.shadows`.
 
 On CPU, conv nets train in channels-last memory format (faster oneDNN convolution and
 max-pooling kernels) and Adam/SGD use the fused single-kernel update where available.
@@ -71,7 +73,7 @@ from bastion.threads import per_worker
 from bastion.threads import using as using_threads
 from bastion.training.fit import OPTIMIZERS
 
-METHODS = ("auto", "auto-timed", "loop", "vmap", "process")
+METHODS = ("auto", "auto-timed", "loop", "vmap", "process", "ray")
 # seconds to start one worker process (import torch + bastion), used by the auto pick
 PROCESS_STARTUP_S = 4.0
 # 'auto' on a multi-core CPU uses worker processes from this many optimizer steps in total
@@ -101,7 +103,8 @@ class ShadowConfig:
         weight_decay: L2 penalty.
         seed: base seed; model i uses seeds derived from (seed, i) only.
         method: 'auto' (a fixed rule, see `choose_method`), 'auto-timed' (time the
-            paths, keep the fastest), 'loop', 'vmap' or 'process'.
+            paths, keep the fastest), 'loop', 'vmap', 'process' or 'ray' (Ray tasks,
+            `bastion.scale.shadows`; never chosen by 'auto').
         group_size: models trained together by the vmap path (memory grows linearly).
         workers: worker processes of the 'process' path; None = one per available core.
         spec: input spec of the models (shape, bounds, normalisation); None = from the data.
@@ -748,8 +751,8 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
     if num_models < 1:
         raise ConfigError(f"num_models must be >= 1, got {num_models}")
     dev = resolve_device(device)
-    if cfg.method == "process" and dev.type != "cpu":
-        raise ConfigError("method='process' trains on CPU cores; on a GPU use 'vmap', 'loop' or 'auto'")
+    if cfg.method in ("process", "ray") and dev.type != "cpu":
+        raise ConfigError(f"method={cfg.method!r} trains on CPU cores; on a GPU use 'vmap', 'loop' or 'auto'")
     spec = cfg.spec or InputSpec(tuple(x.shape[1:]))
     if tuple(x.shape[1:]) != spec.shape:
         raise InputError(f"pool inputs have shape {tuple(x.shape[1:])}, the shadow models expect {spec.shape}")
@@ -795,7 +798,7 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
     group = min(cfg.group_size, max(len(todo), 1))
     workers = min(cfg.workers or available_cores(), max(len(todo), 1))
     vmappable = cfg.train_fn is None and _vmappable(_build(cfg, spec, k, 0, torch.device("cpu")))
-    if todo and cfg.train_fn is not None and method not in ("auto", "auto-timed", "loop"):
+    if todo and cfg.train_fn is not None and method not in ("auto", "auto-timed", "loop", "ray"):
         raise ConfigError(f"train_fn trains one model at a time; method {method!r} cannot apply it "
                           "(use 'auto' or 'loop')")
     if todo and method == "auto":
@@ -838,6 +841,14 @@ def train_shadows(x: torch.Tensor, y: torch.Tensor, num_models: int, cfg: Shadow
                 bar.advance(1)
 
             _train_processes(todo, xd, yd, cfg, spec, k, workers, arrived)
+        elif method == "ray":
+            from bastion.scale.shadows import train_ray
+
+            def landed(i: int, clf: Classifier, ls: list[float]) -> None:
+                finish(i, clf.to(dev), ls)
+                bar.advance(1)
+
+            train_ray(todo, xd, yd, cfg, spec, k, vmappable, landed)
         elif cfg.train_fn is not None:
             for i in todo:
                 clf = _build(cfg, spec, k, i, dev)

@@ -86,7 +86,8 @@ class MIAConfig:
         lira_variance: 'auto', 'per-example' or 'global'.
         rmia_a: RMIA's offline coefficient a (0.3).
         shadow_epochs, shadow_batch_size, shadow_lr: override the target's recorded recipe.
-        method: shadow training path ('auto', 'loop', 'vmap', 'process').
+        method: shadow training path ('auto', 'loop', 'vmap', 'process', or 'ray': shadow
+            training and scoring as Ray tasks, `bastion.scale.shadows`).
         pool_size: cap on the attacker's pool (random subset; in 'pool' mode the candidates
             are always kept). None = all available data.
         seed: seeds the candidate draw, the shadow splits and everything else.
@@ -185,9 +186,14 @@ def shared_examples(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def _signals_cached(models: Sequence[Classifier], x: torch.Tensor, y: torch.Tensor, member: torch.Tensor,
-                    augment: str, cache: Path | None, tag: str, batch_size: int = 1024) -> SignalMatrix:
+                    augment: str, cache: Path | None, tag: str, batch_size: int = 1024,
+                    engine: str = "local") -> SignalMatrix:
+    if engine == "ray":  # one Ray task per group of models (bastion.scale.shadows)
+        from bastion.scale.shadows import compute_signals_ray as compute
+    else:
+        compute = compute_signals
     if cache is None:
-        return compute_signals(models, x, y, member, augment=augment, batch_size=batch_size)
+        return compute(models, x, y, member, augment=augment, batch_size=batch_size)
     from bastion.training.shadow import fingerprint
     key = hashlib.sha256(f"{fingerprint(x, y)}|{len(models)}|{augment}|{tag}".encode()).hexdigest()[:16]
     path = cache / f"signals-{key}.safetensors"
@@ -203,7 +209,7 @@ def _signals_cached(models: Sequence[Classifier], x: torch.Tensor, y: torch.Tens
             ok = False
         if ok:
             return sig
-    sig = compute_signals(models, x, y, member, augment=augment, batch_size=batch_size)
+    sig = compute(models, x, y, member, augment=augment, batch_size=batch_size)
     sig.save(path)
     return sig
 
@@ -334,13 +340,14 @@ def audit_membership(target: Classifier, members: Dataset, nonmembers: Dataset, 
                                      "threads": torch.get_num_threads(), "recipe": scfg.recipe()}
         say(f"shadow models ready: {sh.trained} trained, {sh.loaded} loaded ({sh.method})")
         t0 = time.perf_counter()
+        engine = "ray" if cfg.method == "ray" else "local"
         shadow_pool = _signals_cached(sh.models, pool_x, pool_y, sh.member, cfg.augment, cache, "pool",
-                                      cfg.score_batch_size)
+                                      cfg.score_batch_size, engine)
         if mode == "pool":
             shadow_cand = shadow_pool.samples(slice(0, 2 * k))
         else:
             shadow_cand = _signals_cached(sh.models, cand_x, cand_y, torch.zeros(2 * k, len(sh.models), dtype=torch.bool),
-                                          cfg.augment, cache, "candidates", cfg.score_batch_size)
+                                          cfg.augment, cache, "candidates", cfg.score_batch_size, engine)
         timings["shadow_scoring_s"] = time.perf_counter() - t0
 
     results: dict[str, dict[str, Any]] = {}
