@@ -83,3 +83,29 @@ def test_cli_fl_poison_json(capsys):
     cap = capsys.readouterr()
     err = cap.out + cap.err
     assert "more attackers" in err and "n >= 4f + 3" in err
+
+
+def test_audit_section_scores_robust_aggregation(trained_model, mnist_train, mnist_test, tmp_path):
+    from bastion.audit.sections import AuditContext, get_section, validate_section
+
+    steps: dict = {}
+    ctx = AuditContext(model=trained_model("mlp", epochs=1, hidden=[32]), train=mnist_train, test=mnist_test,
+                       out_dir=tmp_path, seed=0, checkpoint=None, meta={},
+                       step=lambda k, f: steps.setdefault(k, f()), save_tensors=steps.__setitem__,
+                       load_tensors=steps.get)
+    cfg = {"kind": "fl-poisoning", "clients": 6, "attackers": 2, "rounds": 3, "train_size": 900,
+           "aggregator": "median"}
+    validate_section("fl-poisoning", cfg)
+    out = get_section("fl-poisoning")(ctx, cfg)
+    assert [r[0] for r in out.tables[0].rows] == ["no attackers, FedAvg", "attacked, FedAvg", "attacked, median"]
+    row = out.scorecard[0]
+    assert row.threat == "poisoning" and row.verdict in ("pass", "warn", "fail") and not row.higher_is_better
+    assert row.value == pytest.approx(out.summary["recall_lost_robust"])
+    assert out.summary["recall_lost_fedavg"] > 0  # 2 of 6 clients flipping 7 -> 1 cost FedAvg recall
+    assert len(steps) == 3
+    with pytest.raises(ConfigError, match="more attackers"):
+        validate_section("fl-poisoning", {**cfg, "attackers": 7})
+    with pytest.raises(ConfigError, match=r"n > 2f \+ 2"):
+        validate_section("fl-poisoning", {**cfg, "aggregator": "krum"})
+    with pytest.raises(ConfigError, match="unknown option"):
+        validate_section("fl-poisoning", {**cfg, "rouds": 3})
