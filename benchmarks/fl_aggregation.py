@@ -87,7 +87,7 @@ def main() -> None:
     t_flat, (mat, _, _) = timed(lambda: flatten(ups), args.reps)
     t_vec, fast = timed(lambda: krum_scores(mat, args.f), args.reps)
     t_naive, slow = timed(lambda: naive_krum_scores(ups, args.f), args.naive_reps)
-    assert torch.allclose(fast, slow, rtol=1e-6), "cdist and loop Krum scores differ"
+    assert torch.allclose(fast.double(), slow, rtol=1e-4), "cdist and loop Krum scores differ"
     assert int(fast.argmin()) == int(slow.argmin())
     result = {
         "clients": args.clients, "parameters": d, "f": args.f, "threads": args.threads, "reps": args.reps,

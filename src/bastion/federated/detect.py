@@ -45,22 +45,27 @@ def _loo_cosine(mat: torch.Tensor) -> torch.Tensor:
     """cos(row_i, sum of the other rows) for mat [n, d]."""
     if mat.shape[0] < 2:
         return torch.ones(mat.shape[0], dtype=mat.dtype)
-    others = mat.sum(0)[None, :] - mat
-    return (mat * others).sum(1) / (mat.norm(dim=1) * others.norm(dim=1)).clamp_min(1e-30)
+    total = mat.sum(0)
+    sq = (mat * mat).sum(1)
+    dots = mat @ total                                   # g_i . S
+    num = dots - sq                                      # g_i . (S - g_i)
+    other_sq = (total @ total - 2 * dots + sq).clamp_min(0.0)  # ||S - g_i||^2
+    return num / (sq.sqrt() * other_sq.sqrt()).clamp_min(1e-30)
 
 
 def update_statistics(updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
     """norm [n], leave-one-out cosine [n], per-layer leave-one-out cosine [n, L] and
-    per-layer moments: mean [n, L] and standard deviation [n, L]."""
+    per-layer moments: mean [n, L] and standard deviation [n, L] (float64 results)."""
     names = _check(updates)
-    layers = [torch.stack([u.delta[k].reshape(-1).double() for u in updates]) for k in names]
-    mat = torch.cat(layers, 1)
+    mat = torch.stack([torch.cat([u.delta[k].reshape(-1).float() for k in names]) for u in updates])
+    sizes = [updates[0].delta[k].numel() for k in names]
+    layers = list(torch.split(mat, sizes, dim=1))  # views, no copies
     n = mat.shape[0]
-    return {"norm": mat.norm(dim=1), "cosine": _loo_cosine(mat),
-            "layer_cosine": torch.stack([_loo_cosine(v) for v in layers], 1),
-            "layer_mean": torch.stack([v.mean(1) for v in layers], 1),
-            "layer_std": torch.stack([v.std(1) if v.shape[1] > 1 else torch.zeros(n, dtype=v.dtype)
-                                      for v in layers], 1)}
+    return {"norm": mat.norm(dim=1).double(), "cosine": _loo_cosine(mat).double(),
+            "layer_cosine": torch.stack([_loo_cosine(v) for v in layers], 1).double(),
+            "layer_mean": torch.stack([v.mean(1) for v in layers], 1).double(),
+            "layer_std": torch.stack([v.std(1) if v.shape[1] > 1 else torch.zeros(n) for v in layers],
+                                     1).double()}
 
 
 class StatisticalDetector:

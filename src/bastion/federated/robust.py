@@ -69,10 +69,14 @@ def check_bulyan(n: int, f: int) -> None:
 
 
 def pairwise_sq_distances(mat: torch.Tensor) -> torch.Tensor:
-    """[n, n] squared Euclidean distances between the rows (one cdist, in float64 for the
-    tie-free scores the exact-value tests rely on when d is large)."""
-    m = mat.double()
-    return torch.cdist(m, m).pow(2)
+    """[n, n] squared Euclidean distances between the rows: one `torch.cdist` (a matrix
+    product, ||a||^2 + ||b||^2 - 2 a.b) in float32 after centring the rows on their mean,
+    which leaves the distances unchanged and keeps the cancellation error small."""
+    m = mat.float()
+    m = m - m.mean(0, keepdim=True)
+    d = torch.cdist(m, m, compute_mode="use_mm_for_euclid_dist").pow(2)
+    d.fill_diagonal_(0.0)
+    return d
 
 
 def krum_scores(mat: torch.Tensor, f: int, dist: torch.Tensor | None = None) -> torch.Tensor:
