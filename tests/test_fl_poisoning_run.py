@@ -109,3 +109,14 @@ def test_audit_section_scores_robust_aggregation(trained_model, mnist_train, mni
         validate_section("fl-poisoning", {**cfg, "aggregator": "krum"})
     with pytest.raises(ConfigError, match="unknown option"):
         validate_section("fl-poisoning", {**cfg, "rouds": 3})
+
+
+def test_cli_fl_poison_starts_from_a_users_checkpoint(tmp_path, capsys):
+    from bastion.models import save_classifier
+
+    ckpt = save_classifier(tmp_path / "m.st", mlp(16))
+    rc = run(["fl-poison", "--model", str(ckpt), "--clients", "4", "--rounds", "1", "--attackers", "0.25",
+              "--aggregator", "multi-krum", "--f", "0", "--train-size", "200", "--device", "cpu", "--quiet", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["attackers"] == 1 and out["runs"]["attacked"]["selected"][0]["selected"]
