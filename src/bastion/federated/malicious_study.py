@@ -27,8 +27,6 @@ from bastion.federated.malicious import (
 from bastion.federated.robust import check_bulyan, check_krum
 from bastion.federated.simulation import FedConfig, run_fedavg
 
-ROBUST_NEEDS_F = ("krum", "multi-krum", "bulyan")
-
 
 @dataclass(frozen=True)
 class StudyConfig:
