@@ -4,5 +4,6 @@ import bastion.audit.certify_section
 import bastion.audit.defense_section
 import bastion.audit.dp_section
 import bastion.audit.evasion_section
+import bastion.audit.fl_poisoning_section
 import bastion.audit.leakage_section
 import bastion.audit.membership_section  # noqa: F401

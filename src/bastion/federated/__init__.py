@@ -11,6 +11,25 @@ from bastion.federated.aggregators import (
     median,
     trimmed_mean,
 )
+from bastion.federated.detect import StatisticalDetector, detection_metrics
+from bastion.federated.malicious import (
+    AttackSchedule,
+    MaliciousClients,
+    MaliciousConfig,
+    make_malicious,
+    select_attackers,
+)
+from bastion.federated.robust import (
+    Bulyan,
+    FLTrust,
+    Krum,
+    NormClip,
+    bulyan,
+    fltrust,
+    krum,
+    multi_krum,
+    norm_clip,
+)
 from bastion.federated.simulation import (
     FedConfig,
     FedHook,
@@ -24,7 +43,37 @@ from bastion.federated.simulation import (
 )
 
 __all__ = [
-    "AGGREGATORS", "Aggregator", "ClientUpdate", "FedConfig", "FedHook", "FedResult",
-    "LeakageEvent", "PayloadCollector", "evaluate", "fedavg", "get_aggregator", "local_train",
-    "mean", "median", "per_example_gradients", "run_fedavg", "trimmed_mean",
+    "AGGREGATORS",
+    "Aggregator",
+    "AttackSchedule",
+    "Bulyan",
+    "ClientUpdate",
+    "FLTrust",
+    "FedConfig",
+    "FedHook",
+    "FedResult",
+    "Krum",
+    "LeakageEvent",
+    "MaliciousClients",
+    "MaliciousConfig",
+    "NormClip",
+    "PayloadCollector",
+    "StatisticalDetector",
+    "bulyan",
+    "detection_metrics",
+    "evaluate",
+    "fedavg",
+    "fltrust",
+    "get_aggregator",
+    "krum",
+    "local_train",
+    "make_malicious",
+    "mean",
+    "median",
+    "multi_krum",
+    "norm_clip",
+    "per_example_gradients",
+    "run_fedavg",
+    "select_attackers",
+    "trimmed_mean",
 ]

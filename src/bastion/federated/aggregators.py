@@ -100,14 +100,22 @@ def trimmed_mean(beta: float = 0.1) -> Aggregator:
 AGGREGATORS: dict[str, Callable[..., Aggregator] | Aggregator] = {
     "fedavg": fedavg, "mean": mean, "median": median, "trimmed-mean": trimmed_mean,
 }
+# names whose registry entry is a factory called with get_aggregator's keyword arguments
+# (robust.py and detect.py add theirs: krum, multi-krum, bulyan, norm-clip, fltrust, detector)
+FACTORIES: set[str] = {"trimmed-mean"}
 
 
 def get_aggregator(name: str, **kwargs: Any) -> Aggregator:
-    """Aggregator by name ('fedavg', 'mean', 'median', 'trimmed-mean' with beta=)."""
+    """Aggregator by name ('fedavg', 'mean', 'median', 'trimmed-mean' with beta=, and the
+    robust rules: 'krum' f=, 'multi-krum' f= m=, 'bulyan' f=, 'norm-clip' bound= noise_std=,
+    'fltrust' model= root=, 'detector' threshold=)."""
     if name not in AGGREGATORS:
         raise unknown_name("aggregator", name, AGGREGATORS)
-    if name == "trimmed-mean":
-        return trimmed_mean(**kwargs)
+    if name in FACTORIES:
+        try:
+            return AGGREGATORS[name](**kwargs)  # type: ignore[call-arg,return-value]
+        except TypeError as e:
+            raise ConfigError(f"aggregator {name!r}: {e}") from None
     if kwargs:
         raise ConfigError(f"aggregator {name!r} takes no arguments, got {sorted(kwargs)}")
     return AGGREGATORS[name]  # type: ignore[return-value]

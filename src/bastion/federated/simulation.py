@@ -303,6 +303,8 @@ def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
                update_transforms: Sequence[Callable[[ClientUpdate], ClientUpdate]] = (),
                local_transform: LocalTransform | None = None,
                hooks: Sequence[FedHook] = (), client_indices: list[Any] | None = None,
+               client_data_transform: Callable[[int, int, torch.Tensor, torch.Tensor],
+                                               tuple[torch.Tensor, torch.Tensor]] | None = None,
                ) -> FedResult:
     """Simulate FedAvg starting from `model`'s weights (the model itself is not changed).
 
@@ -315,6 +317,8 @@ def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
         local_transform: gradient transform at every local SGD step (e.g. a defense).
         hooks: `FedHook`s receiving the type-2/1/0 leakage events and per-round records.
         client_indices: explicit client splits (list of index arrays) instead of `partition`.
+        client_data_transform: (round, client, x, y) -> (x, y) applied to each sampled
+            client's local data every round (e.g. data poisoning on malicious clients).
     """
     cfg = config or FedConfig()
     cfg.validate(len(train))
@@ -333,9 +337,13 @@ def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
     weights = _trainable(model)
     history: list[dict[str, Any]] = []
     acc = None
+    clean = data
     with task("fedavg", cfg.rounds, cfg.progress) as bar:
         for rnd in range(cfg.rounds):
             chosen = torch.randperm(cfg.num_clients, generator=gen)[: cfg.clients_per_round].tolist()
+            if client_data_transform is not None:
+                data = [client_data_transform(rnd, c, *clean[c]) if c in chosen else clean[c]
+                        for c in range(len(clean))]
             updates: list[ClientUpdate] = []
             losses = []
             sizes = {int(data[c][0].shape[0]) for c in chosen}
