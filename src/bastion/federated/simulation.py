@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from bastion.attacks.privacy.leakage.payload import SharedGradient, WeightUpdate
 from bastion.core import Classifier, ConfigError
@@ -40,6 +40,7 @@ from bastion.data.dataset import Dataset
 from bastion.data.partition import partition
 from bastion.federated.aggregators import Aggregator, ClientUpdate, fedavg
 from bastion.progress import task
+from bastion.training.per_example import per_example_gradients
 
 Tensors = dict[str, torch.Tensor]
 
@@ -190,14 +191,6 @@ class FedResult:
     test_accuracy: float | None
     wall_time: float
     config: dict[str, Any] = field(default_factory=dict)
-
-
-def per_example_gradients(model: Classifier, weights: Tensors, x: torch.Tensor,
-                          y: torch.Tensor) -> Tensors:
-    """Per-example gradients of the cross-entropy, [B, *param.shape] per parameter."""
-    def loss_one(w: Tensors, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, w, (xi.unsqueeze(0),)), yi.unsqueeze(0))
-    return vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(weights, x, y)
 
 
 def batch_gradient(model: Classifier, weights: Tensors, x: torch.Tensor, y: torch.Tensor
