@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "bastion.cli.mia",
     "bastion.cli.privacy",
     "bastion.cli.pool",
+    "bastion.cli.fl",
 )
 
 for _mod in COMMAND_MODULES:

@@ -80,6 +80,35 @@ def _check_noise_seed(noise_seed: int | None) -> None:
                           f"got {noise_seed!r}")
 
 
+#: per-step RDP curves by (q, sigma), shared by all clients' ledgers: under the dynamic
+#: variants every client meets the same sigma_t, and computing a curve takes milliseconds
+_RDP_CURVES: dict[tuple[float, float], tuple[Any, Any]] = {}
+
+
+def charge(ledger: PrivacyLedger, q: float, sigma: float, n: int = 1) -> None:
+    """`ledger.step(q, sigma, n)`, reusing the RDP curve of a (q, sigma) seen before."""
+    hit = _RDP_CURVES.get((q, sigma))
+    if hit is not None:
+        ledger._cache = (q, sigma, *hit)
+    ledger.step(q, sigma, n)
+    if hit is None and ledger._cache is not None and len(_RDP_CURVES) < 100_000:
+        _RDP_CURVES[(q, sigma)] = (ledger._cache[2], ledger._cache[3])
+
+
+class _Schedule:
+    """Stands in for DPSGD's ledger inside a client: records (q, sigma, count) only; the
+    client's real ledger (`FedCDP.account`) is charged once per round from it."""
+
+    def __init__(self) -> None:
+        self.schedule: list[tuple[float, float, int]] = []
+
+    def step(self, q: float, sigma: float, n: int = 1) -> None:
+        if self.schedule and self.schedule[-1][:2] == (q, sigma):
+            self.schedule[-1] = (q, sigma, self.schedule[-1][2] + n)
+        else:
+            self.schedule.append((q, sigma, n))
+
+
 def update_norm(delta: Tensors) -> float:
     """L2 norm of a client update over all its tensors."""
     return math.sqrt(sum(float(v.double().pow(2).sum()) for v in delta.values()))
@@ -180,7 +209,7 @@ class FedSDP:
                 s = s + std * torch.randn(s.shape, generator=gen, dtype=s.dtype).to(s.device)
             out[name] = s / k
         if self.cfg.sigma > 0:
-            self.ledger.step(self.q, self.cfg.sigma)
+            charge(self.ledger, self.q, self.cfg.sigma)
         self.rounds.append({"round": rnd, "clients": [u.client for u in updates],
                             "clipped_norms": [u.meta.get("clipped_norm") for u in updates]})
         return out
@@ -331,6 +360,7 @@ class FedCDP:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             dp = DPSGD(work, dcfg, n)
+        dp.ledger = _Schedule()  # type: ignore[assignment]
         names = {id(p): k for k, p in work.named_parameters()}
         pnames = [names[id(p)] for p in dp.params]
         tap_gen = _generator(self.cfg.noise_seed, 3, rnd, client)
@@ -395,7 +425,7 @@ class FedCDP:
         """Charge client `client`'s ledger with one round's local steps [(q, sigma, count)]."""
         cp = self.clients.setdefault(int(client), ClientPrivacy())
         for q, sigma, count in schedule:
-            cp.ledger.step(float(q), float(sigma), int(count))
+            charge(cp.ledger, float(q), float(sigma), int(count))
         cp.rounds.append(int(rnd))
         cp.trace.extend(trace)
 
