@@ -196,7 +196,12 @@ class BastionStrategy(Strategy):
         return None
 
     def _discover(self, grid: Grid) -> dict[int, int]:
-        nodes = list(grid.get_node_ids())
+        deadline = time.monotonic() + 600
+        while len(nodes := list(grid.get_node_ids())) < self.cfg.num_clients:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"only {len(nodes)} of {self.cfg.num_clients} Flower nodes "
+                                  "connected within 600 s")
+            time.sleep(0.2)
         msgs = [Message(RecordDict({"info": ConfigRecord({})}), dst_node_id=n,
                         message_type=MessageType.QUERY) for n in nodes]
         out = {}
