@@ -51,6 +51,9 @@ SETTINGS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "Fed-CDP fixed C=1 sigma=1": ("cdp", {"clip": 1.0, "sigma": 1.0, "variant": "baseline"}),
     "Fed-CDP dyn[S,sigma] C0=1 sigma0=1 (exp)": ("cdp", {"clip": 1.0, "sigma": 1.0,
                                                           "variant": "dyn-s-sigma", "decay": "exp"}),
+    "Fed-CDP fixed C=4 sigma=1": ("cdp", {"clip": 4.0, "sigma": 1.0, "variant": "baseline"}),
+    "Fed-CDP dyn[S,sigma] C0=4 sigma0=1 (exp)": ("cdp", {"clip": 4.0, "sigma": 1.0,
+                                                          "variant": "dyn-s-sigma", "decay": "exp"}),
 }
 OUT = RESULTS / "fed_dp_leakage.json"
 
