@@ -17,10 +17,12 @@ from bastion.federated.simulation import (
     FedResult,
     LeakageEvent,
     PayloadCollector,
+    client_update,
     evaluate,
     local_train,
     per_example_gradients,
     run_fedavg,
+    server_update,
 )
 
 __all__ = [
@@ -28,3 +30,5 @@ __all__ = [
     "LeakageEvent", "PayloadCollector", "evaluate", "fedavg", "get_aggregator", "local_train",
     "mean", "median", "per_example_gradients", "run_fedavg", "trimmed_mean",
 ]
+__all__ += ["client_update", "server_update"]
+# Fed-SDP / Fed-CDP: bastion.federated.dp; the Flower engine: bastion.federated.flower
