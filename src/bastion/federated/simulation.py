@@ -302,7 +302,9 @@ def local_train_vectorized(model: Classifier, start: Tensors, xs: torch.Tensor, 
                 break
             idx = order[:, i:i + bs]
             g, loss = step_fn(w, xs[rows, idx], ys[rows, idx])
-            w = {name: v - cfg.local_lr * g[name] for name, v in w.items()}
+            # in place: the stacked weights are this function's own copy, and a new K-fold
+            # copy of every tensor per step would cost more than the step itself
+            torch._foreach_add_(list(w.values()), [g[name] for name in w], alpha=-cfg.local_lr)
             loss_sum += loss.detach()
             steps += 1
     return w, steps, loss_sum / max(steps, 1)
