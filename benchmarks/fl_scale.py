@@ -60,7 +60,8 @@ def fed_config(n: int, rounds: int, vectorize: bool = False) -> FedConfig:
 
 def local(n: int, rounds: int, vectorize: bool, train: Any) -> dict[str, float]:
     """In-process rounds/s from the total wall time (no hooks: a hook would add the leakage
-    events' bookkeeping to every round and turn vectorisation off)."""
+    events' bookkeeping to every round and turn vectorisation off), after a one-round warm-up."""
+    run_fedavg(model(), train, None, fed_config(n, 1, vectorize))   # warm-up (first vmap call)
     t = time.perf_counter()
     run_fedavg(model(), train, None, fed_config(n, rounds, vectorize))
     total = time.perf_counter() - t
@@ -151,6 +152,10 @@ def plain_flower(n: int, rounds: int, cpus: int, train: Any) -> dict[str, float]
 def vectorised_vs_loop(train: Any, rounds: int) -> list[dict[str, Any]]:
     rows = []
     for arch in ("mlp", "lenet"):
+        for vec in (False, True):   # warm-up: the first vmap / autograd calls of each model
+            run_fedavg(model(arch), train, None, FedConfig(
+                num_clients=100, clients_per_round=4, rounds=1, local_steps=1,
+                local_batch_size=10, vectorize=vec, progress=False))
         times, weights = {}, {}
         for vec in (False, True):
             cfg = FedConfig(num_clients=100, clients_per_round=100, rounds=rounds,
