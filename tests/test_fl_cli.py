@@ -67,13 +67,28 @@ def test_fl_cli_unknown_engine(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "local, flower" in capsys.readouterr().err
 
 
+def test_fl_cli_flower_engine_without_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    import bastion.federated.flower as fl
+
+    def missing(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(fl.metadata, "version", missing)
+    cfg = tmp_path / "fl.yaml"
+    cfg.write_text(STUDY)
+    assert run(["fl", "--config", str(cfg), "--engine", "flower"]) == 2
+    assert "pip install 'bastion[scale]'" in capsys.readouterr().err
+
+
 def test_vectorised_clients_equal_the_one_at_a_time_loop() -> None:
-    train = load("mnist-5k", "train").take(200)
+    train = load("mnist-5k", "train").take(100)
     torch.manual_seed(0)
     clf = build_classifier("mlp", InputSpec((1, 28, 28)), 10, {"hidden": [32]}, device="cpu")
     w = {}
     for vec in (False, True):
-        cfg = FedConfig(num_clients=10, clients_per_round=10, rounds=2, local_batch_size=5,
+        cfg = FedConfig(num_clients=10, clients_per_round=10, rounds=1, local_batch_size=5,
                         local_lr=0.1, vectorize=vec, progress=False)
         w[vec] = run_fedavg(clf, train, None, cfg).weights
     for k in w[False]:
