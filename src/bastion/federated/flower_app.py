@@ -315,9 +315,9 @@ def run_study(model: Classifier, train: Dataset, test: Dataset | None, cfg: FedC
     trainer = local_trainer or default_trainer(local_transform)
     start = time.perf_counter()
     weights = _trainable(model)
-    if not verbose:
+    if not verbose:   # Flower's INFO lines and its run_simulation deprecation notice
         for name in ("flwr", "ray"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose,
