@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "bastion.cli.privacy",
     "bastion.cli.pool",
     "bastion.cli.fl_poison",
+    "bastion.cli.fl",
 )
 
 for _mod in COMMAND_MODULES:

@@ -36,10 +36,12 @@ from bastion.federated.simulation import (
     FedResult,
     LeakageEvent,
     PayloadCollector,
+    client_update,
     evaluate,
     local_train,
     per_example_gradients,
     run_fedavg,
+    server_update,
 )
 
 __all__ = [
@@ -77,3 +79,5 @@ __all__ = [
     "select_attackers",
     "trimmed_mean",
 ]
+__all__ += ["client_update", "server_update"]
+# Fed-SDP / Fed-CDP: bastion.federated.dp; the Flower engine: bastion.federated.flower

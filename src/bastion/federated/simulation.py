@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from bastion.attacks.privacy.leakage.payload import SharedGradient, WeightUpdate
 from bastion.core import Classifier, ConfigError
@@ -40,8 +40,23 @@ from bastion.data.dataset import Dataset
 from bastion.data.partition import partition
 from bastion.federated.aggregators import Aggregator, ClientUpdate, fedavg
 from bastion.progress import task
+from bastion.training.per_example import per_example_gradients
 
 Tensors = dict[str, torch.Tensor]
+
+
+def client_generator(seed: int, round: int, client: int) -> torch.Generator:
+    """The generator of client `client`'s local randomness in round `round` (minibatch order,
+    transform noise): a function of (seed, round, client) only, so a client computes the
+    same update whichever process or engine runs it, and in whatever order."""
+    mixed = (int(seed) * 0x9E3779B1 + (int(round) + 1) * 0x85EBCA77 + (int(client) + 1) * 0xC2B2AE3D)
+    return torch.Generator().manual_seed(mixed % (2**63 - 1))
+
+
+def sample_clients(gen: torch.Generator, num_clients: int, clients_per_round: int) -> list[int]:
+    """The K clients of one round, drawn without replacement from the server's generator,
+    in ascending order (the order updates are aggregated in)."""
+    return sorted(torch.randperm(num_clients, generator=gen)[:clients_per_round].tolist())
 
 
 @dataclass(frozen=True)
@@ -61,8 +76,8 @@ class FedConfig:
         eval_every: evaluate the global model on the test set every this many rounds.
         vectorize: train the sampled clients in lockstep with torch.func.vmap (one batched
             step for all clients) when they hold equally many examples and no hook or local
-            transform needs per-client work; statistically the same procedure as the loop,
-            not bit-identical (different shuffling streams).
+            transform needs per-client work; each client draws the same minibatches as in
+            the loop (its own generator), so the results agree up to float rounding.
         progress: show a progress bar (None = only on an interactive terminal).
     """
 
@@ -192,14 +207,6 @@ class FedResult:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def per_example_gradients(model: Classifier, weights: Tensors, x: torch.Tensor,
-                          y: torch.Tensor) -> Tensors:
-    """Per-example gradients of the cross-entropy, [B, *param.shape] per parameter."""
-    def loss_one(w: Tensors, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, w, (xi.unsqueeze(0),)), yi.unsqueeze(0))
-    return vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(weights, x, y)
-
-
 def batch_gradient(model: Classifier, weights: Tensors, x: torch.Tensor, y: torch.Tensor
                    ) -> tuple[Tensors, float]:
     w = {k: v.detach().requires_grad_(True) for k, v in weights.items()}
@@ -271,9 +278,12 @@ def local_train(model: Classifier, start: Tensors, x: torch.Tensor, y: torch.Ten
 
 
 def local_train_vectorized(model: Classifier, start: Tensors, xs: torch.Tensor, ys: torch.Tensor,
-                           cfg: FedConfig, gen: torch.Generator) -> tuple[Tensors, int, torch.Tensor]:
-    """Local SGD for K clients at once: xs [K, n, ...], ys [K, n]. Returns the stacked
-    final weights [K, ...], the number of steps and the mean loss per client."""
+                           cfg: FedConfig, gens: Sequence[torch.Generator]
+                           ) -> tuple[Tensors, int, torch.Tensor]:
+    """Local SGD for K clients at once: xs [K, n, ...], ys [K, n], one generator per client
+    (the minibatch orders are those `local_train` draws). Returns the stacked final weights
+    [K, ...], the number of steps and the mean loss per client. Every step is one batched
+    forward/backward over the K clients' minibatches (torch.func.vmap over stacked weights)."""
     k, n = ys.shape
     w = {name: v.unsqueeze(0).expand(k, *v.shape).clone() for name, v in start.items()}
 
@@ -286,16 +296,109 @@ def local_train_vectorized(model: Classifier, start: Tensors, xs: torch.Tensor, 
     loss_sum = torch.zeros(k, device=ys.device)
     rows = torch.arange(k, device=ys.device)[:, None]
     for _ in range(cfg.local_epochs):
-        order = torch.stack([torch.randperm(n, generator=gen) for _ in range(k)]).to(ys.device)
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(ys.device)
         for i in range(0, n, bs):
             if cfg.local_steps is not None and steps >= cfg.local_steps:
                 break
             idx = order[:, i:i + bs]
             g, loss = step_fn(w, xs[rows, idx], ys[rows, idx])
-            w = {name: v - cfg.local_lr * g[name] for name, v in w.items()}
+            # in place: the stacked weights are this function's own copy, and a new K-fold
+            # copy of every tensor per step would cost more than the step itself
+            torch._foreach_add_(list(w.values()), [g[name] for name in w], alpha=-cfg.local_lr)
             loss_sum += loss.detach()
             steps += 1
     return w, steps, loss_sum / max(steps, 1)
+
+
+LocalTrainer = Callable[..., tuple[Tensors, int, float]]
+"""(model, start, x, y, cfg, gen, round, client, hooks) -> (weights, steps, mean loss): a
+client's local training; the default is `local_train` with the run's `local_transform`
+(Fed-CDP plugs in its DP-SGD local training here)."""
+
+
+def client_update(model: Classifier, weights: Tensors, xc: torch.Tensor, yc: torch.Tensor,
+                  cfg: FedConfig, rnd: int, client: int, trainer: LocalTrainer,
+                  update_transforms: Sequence[Callable[[ClientUpdate], ClientUpdate]] = (),
+                  hooks: Sequence[FedHook] = ()) -> ClientUpdate:
+    """One client's round: local training from the global `weights` with the client's own
+    generator, the update w_after - w_t and the update transforms, in order (what the
+    client uploads). Both engines (in-process and Flower) run exactly this."""
+    gen = client_generator(cfg.seed, rnd, client)
+    w_after, steps, loss = trainer(model, weights, xc, yc, cfg, gen, rnd, client, hooks)
+    upd = ClientUpdate(client, rnd, {k: w_after[k] - weights[k] for k in weights},
+                       int(xc.shape[0]), cfg.local_lr, steps, {"loss": loss})
+    for tf in update_transforms:
+        upd = tf(upd)
+    return upd
+
+
+def type1_event(weights: Tensors, upd: ClientUpdate, xc: torch.Tensor, yc: torch.Tensor,
+                cfg: FedConfig) -> LeakageEvent:
+    """The type-1 leakage event of an uploaded client update."""
+    one_batch = upd.local_steps == 1 and xc.shape[0] <= cfg.local_batch_size
+    return LeakageEvent(1, upd.round, upd.client, None, WeightUpdate(
+        dict(weights), {k: weights[k] + upd.delta[k] for k in weights}, cfg.local_lr,
+        upd.local_steps, batch_size=int(xc.shape[0]) if one_batch else None,
+        meta={"leakage_type": 1, "round": upd.round, "client": upd.client,
+              "num_examples": int(xc.shape[0])}), xc, yc)
+
+
+def server_update(weights: Tensors, updates: Sequence[ClientUpdate], aggregator: Aggregator,
+                  data: Sequence[tuple[torch.Tensor, torch.Tensor]], cfg: FedConfig, rnd: int,
+                  hooks: Sequence[FedHook] = ()) -> Tensors:
+    """w_{t+1} = w_t + aggregator(updates), with the type-0 tap on the new global model."""
+    if not updates:
+        raise ConfigError(f"round {rnd}: no sampled client holds data")
+    delta = aggregator(updates)
+    new = {k: weights[k] + delta[k].to(weights[k].dtype) for k in weights}
+    if hooks:
+        mean_steps = max(1, round(sum(u.local_steps for u in updates) / len(updates)))
+        xs = torch.cat([data[u.client][0] for u in updates])
+        ys = torch.cat([data[u.client][1] for u in updates])
+        ev = LeakageEvent(0, rnd, None, None, WeightUpdate(
+            dict(weights), new, cfg.local_lr, mean_steps,
+            meta={"leakage_type": 0, "round": rnd, "clients": [u.client for u in updates],
+                  "num_examples": int(xs.shape[0])}), xs, ys)
+        for h in hooks:
+            h.on_type0(ev)
+    return new
+
+
+def client_data(model: Classifier, train: Dataset, cfg: FedConfig,
+                client_indices: list[Any] | None = None
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Validate the run and split `train` over the clients (seeded `partition` unless
+    explicit `client_indices`), on the model's device."""
+    cfg.validate(len(train))
+    if tuple(train.input_shape) != model.spec.shape:
+        raise ConfigError(f"data shape {train.input_shape} does not match the model's {model.spec.shape}")
+    dev = model.device
+    splits = client_indices if client_indices is not None else partition(
+        train.y, cfg.num_clients, cfg.partition, cfg.alpha, cfg.seed)
+    if len(splits) != cfg.num_clients:
+        raise ConfigError(f"{len(splits)} client splits for num_clients={cfg.num_clients}")
+    x_all, y_all = train.x.to(dev), train.y.to(dev)
+    return [(x_all[torch.as_tensor(s, dtype=torch.long, device=dev)],
+             y_all[torch.as_tensor(s, dtype=torch.long, device=dev)]) for s in splits]
+
+
+def default_trainer(local_transform: LocalTransform | None) -> LocalTrainer:
+    """`local_train` with a fixed local gradient transform, as a LocalTrainer."""
+    def trainer(model: Classifier, start: Tensors, x: torch.Tensor, y: torch.Tensor,
+                cfg: FedConfig, gen: torch.Generator, rnd: int, client: int,
+                hooks: Sequence[FedHook]) -> tuple[Tensors, int, float]:
+        return local_train(model, start, x, y, cfg, gen, rnd, client, local_transform, hooks)
+    return trainer
+
+
+def final_model(model: Classifier, weights: Tensors) -> Classifier:
+    """A copy of `model` holding `weights`."""
+    final = copy.deepcopy(model)
+    with torch.no_grad():
+        for k, p in final.named_parameters():
+            if k in weights:
+                p.copy_(weights[k])
+    return final
 
 
 def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
@@ -305,6 +408,7 @@ def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
                hooks: Sequence[FedHook] = (), client_indices: list[Any] | None = None,
                client_data_transform: Callable[[int, int, torch.Tensor, torch.Tensor],
                                                tuple[torch.Tensor, torch.Tensor]] | None = None,
+               local_trainer: LocalTrainer | None = None,
                ) -> FedResult:
     """Simulate FedAvg starting from `model`'s weights (the model itself is not changed).
 
@@ -319,20 +423,14 @@ def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
         client_indices: explicit client splits (list of index arrays) instead of `partition`.
         client_data_transform: (round, client, x, y) -> (x, y) applied to each sampled
             client's local data every round (e.g. data poisoning on malicious clients).
+        local_trainer: replaces local SGD (e.g. Fed-CDP's DP-SGD); excludes local_transform.
     """
     cfg = config or FedConfig()
-    cfg.validate(len(train))
-    if tuple(train.input_shape) != model.spec.shape:
-        raise ConfigError(f"data shape {train.input_shape} does not match the model's {model.spec.shape}")
+    if local_trainer is not None and local_transform is not None:
+        raise ConfigError("give local_trainer or local_transform, not both")
+    data = client_data(model, train, cfg, client_indices)
+    trainer = local_trainer or default_trainer(local_transform)
     start_time = time.perf_counter()
-    dev = model.device
-    splits = client_indices if client_indices is not None else partition(
-        train.y, cfg.num_clients, cfg.partition, cfg.alpha, cfg.seed)
-    if len(splits) != cfg.num_clients:
-        raise ConfigError(f"{len(splits)} client splits for num_clients={cfg.num_clients}")
-    x_all, y_all = train.x.to(dev), train.y.to(dev)
-    data = [(x_all[torch.as_tensor(s, dtype=torch.long, device=dev)],
-             y_all[torch.as_tensor(s, dtype=torch.long, device=dev)]) for s in splits]
     gen = torch.Generator().manual_seed(cfg.seed)
     weights = _trainable(model)
     history: list[dict[str, Any]] = []
@@ -340,63 +438,39 @@ def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
     clean = data
     with task("fedavg", cfg.rounds, cfg.progress) as bar:
         for rnd in range(cfg.rounds):
-            chosen = torch.randperm(cfg.num_clients, generator=gen)[: cfg.clients_per_round].tolist()
+            chosen = sample_clients(gen, cfg.num_clients, cfg.clients_per_round)
             if client_data_transform is not None:
                 data = [client_data_transform(rnd, c, *clean[c]) if c in chosen else clean[c]
                         for c in range(len(clean))]
             updates: list[ClientUpdate] = []
-            losses = []
             sizes = {int(data[c][0].shape[0]) for c in chosen}
-            batched = (cfg.vectorize and not hooks and local_transform is None and len(sizes) == 1
+            batched = (cfg.vectorize and not hooks and local_transform is None
+                       and local_trainer is None and len(sizes) == 1
                        and len(chosen) > 1 and 0 not in sizes)
             if batched:
-                order = sorted(chosen)
-                xs = torch.stack([data[c][0] for c in order])
-                ys = torch.stack([data[c][1] for c in order])
-                wk, steps, lk = local_train_vectorized(model, weights, xs, ys, cfg, gen)
-                for j, c in enumerate(order):
+                xs = torch.stack([data[c][0] for c in chosen])
+                ys = torch.stack([data[c][1] for c in chosen])
+                gens = [client_generator(cfg.seed, rnd, c) for c in chosen]
+                wk, steps, lk = local_train_vectorized(model, weights, xs, ys, cfg, gens)
+                for j, c in enumerate(chosen):
                     upd = ClientUpdate(c, rnd, {k: wk[k][j] - weights[k] for k in weights},
                                        int(xs.shape[1]), cfg.local_lr, steps, {"loss": float(lk[j])})
                     for tf in update_transforms:
                         upd = tf(upd)
-                    losses.append(float(lk[j]))
                     updates.append(upd)
-            for c in [] if batched else sorted(chosen):
+            for c in [] if batched else chosen:
                 xc, yc = data[c]
                 if xc.shape[0] == 0:
                     continue
-                w_after, steps, loss = local_train(model, weights, xc, yc, cfg, gen, rnd, c,
-                                                   local_transform, hooks)
-                upd = ClientUpdate(c, rnd, {k: w_after[k] - weights[k] for k in weights},
-                                   int(xc.shape[0]), cfg.local_lr, steps, {"loss": loss})
-                for tf in update_transforms:
-                    upd = tf(upd)
-                losses.append(loss)
+                upd = client_update(model, weights, xc, yc, cfg, rnd, c, trainer,
+                                    update_transforms, hooks)
                 updates.append(upd)
                 if hooks:
-                    one_batch = steps == 1 and xc.shape[0] <= cfg.local_batch_size
-                    ev = LeakageEvent(1, rnd, c, None, WeightUpdate(
-                        dict(weights), {k: weights[k] + upd.delta[k] for k in weights}, cfg.local_lr,
-                        steps, batch_size=int(xc.shape[0]) if one_batch else None,
-                        meta={"leakage_type": 1, "round": rnd, "client": c,
-                              "num_examples": int(xc.shape[0])}), xc, yc)
+                    ev = type1_event(weights, upd, xc, yc, cfg)
                     for h in hooks:
                         h.on_type1(ev)
-            if not updates:
-                raise ConfigError(f"round {rnd}: no sampled client holds data")
-            delta = aggregator(updates)
-            new = {k: weights[k] + delta[k].to(weights[k].dtype) for k in weights}
-            if hooks:
-                mean_steps = max(1, round(sum(u.local_steps for u in updates) / len(updates)))
-                xs = torch.cat([data[u.client][0] for u in updates])
-                ys = torch.cat([data[u.client][1] for u in updates])
-                ev = LeakageEvent(0, rnd, None, None, WeightUpdate(
-                    dict(weights), new, cfg.local_lr, mean_steps,
-                    meta={"leakage_type": 0, "round": rnd, "clients": [u.client for u in updates],
-                          "num_examples": int(xs.shape[0])}), xs, ys)
-                for h in hooks:
-                    h.on_type0(ev)
-            weights = new
+            weights = server_update(weights, updates, aggregator, data, cfg, rnd, hooks)
+            losses = [float(u.meta.get("loss", 0.0)) for u in updates]
             record: dict[str, Any] = {"round": rnd, "clients": [u.client for u in updates],
                                       "local_loss": sum(losses) / len(losses)}
             if test is not None and ((rnd + 1) % cfg.eval_every == 0 or rnd == cfg.rounds - 1):
@@ -406,9 +480,5 @@ def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
             for h in hooks:
                 h.on_round_end(rnd, record)
             bar.advance(1, info=f"acc {acc:.3f}" if acc is not None else None)
-    final = copy.deepcopy(model)
-    with torch.no_grad():
-        for k, p in final.named_parameters():
-            if k in weights:
-                p.copy_(weights[k])
-    return FedResult(history, final, weights, acc, time.perf_counter() - start_time, asdict(cfg))
+    return FedResult(history, final_model(model, weights), weights, acc,
+                     time.perf_counter() - start_time, asdict(cfg))
