@@ -118,11 +118,12 @@ def certified_target(clf: Classifier, path: Path) -> tuple[Classifier, str]:
 
     target, line = attack_surrogate(clf)
     if line:
-        console.print(f"note: attacking {line}", highlight=False, soft_wrap=True)
+        console.print(f"note: attacking {line}", highlight=False, soft_wrap=True, markup=False)
     elif (training_record(clf) or {}).get("name") == "gaussian-aug":
         console.print(f"note: {path.name} was trained with Gaussian augmentation; this attacks the base network. "
                       f"Attack the smoothed classifier with `bastion defend --model {path.name} --defense smoothing "
-                      "--out smoothed.st` first; `bastion certify` certifies it", highlight=False, soft_wrap=True)
+                      "--out smoothed.st` first; `bastion certify` certifies it", highlight=False, soft_wrap=True,
+                      markup=False)
     return target, line
 
 
