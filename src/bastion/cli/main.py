@@ -34,6 +34,8 @@ COMMAND_MODULES = (
     "bastion.cli.mia",
     "bastion.cli.privacy",
     "bastion.cli.pool",
+    "bastion.cli.poison",
+    "bastion.cli.scan",
 )
 
 for _mod in COMMAND_MODULES:
