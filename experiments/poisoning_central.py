@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from bastion.attacks.poisoning import Trigger, badnets, clean_label
-from bastion.core import InputSpec
 from bastion.data import Dataset, load
 from bastion.defenses.backdoor import (
     ActivationClusteringConfig,
@@ -48,13 +47,13 @@ def log(*a: Any) -> None:
 
 
 def train(data: Dataset, test: Dataset, tag: str, epochs: int, seed: int = 0) -> tuple[Any, float]:
-    key = hashlib.sha1(f"{tag}-{epochs}-{seed}-{data.x.sum():.4f}-{data.y.sum()}".encode()).hexdigest()[:10]
+    key = hashlib.sha1(f"v2-{tag}-{epochs}-{seed}-{data.x.sum():.4f}-{data.y.sum()}".encode()).hexdigest()[:10]
     path = CACHE / f"cnn7-{tag}-{key}.st"
     if path.exists():
         clf = load_classifier(path, device="auto")
         return clf, float(clf.meta.get("train_time_s", float("nan")))
     torch.manual_seed(seed)
-    clf = build_classifier("cnn7", InputSpec(data.input_shape), data.num_classes, device="auto")
+    clf = build_classifier("cnn7", data.input_spec(), data.num_classes, device="auto")
     t = time.perf_counter()
     fit(clf, data, None, TrainConfig(epochs=epochs, batch_size=64, seed=seed, progress=False))
     dt = time.perf_counter() - t
@@ -70,11 +69,14 @@ def main() -> None:
     ap.add_argument("--nc-epochs", type=int, default=20)
     ap.add_argument("--out", default="docs/results/poisoning_central.json")
     ap.add_argument("--baseline", action="store_true", help="also train the eps = 0 clean-label baseline")
+    ap.add_argument("--trigger", default="square")
+    ap.add_argument("--trigger-size", type=int, default=4)
+    ap.add_argument("--only", default=None, help="train one model (clean | badnets5 | cleanlabel5) and stop")
     ap.add_argument("--p10", action="store_true", help="also train and scan BadNets models at p = 10%%")
     ap.add_argument("--nc-clean", action="store_true", help="also run Neural Cleanse on the clean model")
     args = ap.parse_args()
     tr, te = load("mnist-5k", "train"), load("mnist-5k", "test")
-    trig = Trigger()
+    trig = Trigger(kind=args.trigger, size=args.trigger_size)
     res: dict[str, Any] = {"setup": {"data": "mnist-5k", "model": "cnn7", "epochs": args.epochs, "target": TARGET,
                                      "trigger": trig.to_dict(), "n_train": len(tr), "n_test": len(te),
                                      "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
@@ -86,7 +88,17 @@ def main() -> None:
     def asr(m: Any) -> float:
         return attack_success_rate(m, te.x, te.y, trig, TARGET)
 
+    if args.only == "cleanlabel5":     # the attacker's surrogate: the first run's clean model (no normalisation)
+        sur = load_classifier(sorted(CACHE.glob("cnn7-clean-f7*.st"))[0], device="auto")
+        cl = clean_label(tr, sur, 0.05, target=TARGET, trigger=trig, eps=0.3, steps=20, seed=0)
+        train(cl.data, te, "cleanlabel5", args.epochs)
+        return
+    if args.only == "badnets5":
+        train(badnets(tr, 0.05, target=TARGET, trigger=trig, seed=0).data, te, "badnets5", args.epochs)
+        return
     clean, t_clean = train(tr, te, "clean", args.epochs)
+    if args.only == "clean":
+        return
     acc0 = clean.accuracy(te.x, te.y)
     res["clean"] = {"clean_accuracy": acc0, "asr_of_trigger": asr(clean), "train_time_s": t_clean}
     log("clean", res["clean"])
@@ -166,10 +178,12 @@ def main() -> None:
 
     # --- clean-label at p = 5%
     t = time.perf_counter()
-    cl = clean_label(tr, clean, 0.05, target=TARGET, trigger=trig, eps=0.3, steps=20, seed=0)
+    sur = load_classifier(sorted(CACHE.glob("cnn7-clean-f7*.st"))[0], device="auto")
+    cl = clean_label(tr, sur, 0.05, target=TARGET, trigger=trig, eps=0.3, steps=20, seed=0)
     t_cl = time.perf_counter() - t
     m_cl, _ = train(cl.data, te, "cleanlabel5", args.epochs)
     res["clean_label_p5"] = {"n_poisoned": cl.record.n_poisoned, "eps": 0.3, "craft_time_s": t_cl,
+                             "surrogate": "cnn7 trained on clean mnist-5k, 5 epochs, no input normalisation",
                              "clean_accuracy": m_cl.accuracy(te.x, te.y), "asr": asr(m_cl)}
     res["clean_label_p5"]["clean_accuracy_lost"] = acc0 - res["clean_label_p5"]["clean_accuracy"]
     log("clean-label", res["clean_label_p5"])

@@ -29,7 +29,7 @@ class UnlearnConfig:
 
     stamp_fraction: float = 0.2
     epochs: int = 2
-    lr: float = 5e-4
+    lr: float = 2e-4
     batch_size: int = 64
     seed: int = 0
 
