@@ -14,7 +14,7 @@ the same model and poisoned data, with the recall of the poisoned indices.
 
     python benchmarks/poisoning.py [--checkpoint CKPT] [--epochs 5] [--rounds 1] [--threads 2]
 
-The model is a cnn7 trained on mnist-5k with 5% BadNets poisons (target 0), from the
+The model is a cnn7 trained on mnist-5k with 5% BadNets poisons (target 0, a 4 x 4 square), from the
 experiment's cache (.cache/poisoning-central) when present, else trained here (3 epochs).
 Writes benchmarks/results/poisoning.json.
 """
@@ -51,9 +51,9 @@ from bastion.training import TrainConfig, fit
 def model_for(args: argparse.Namespace, poisoned: Any) -> Any:
     if args.checkpoint:
         return load_classifier(args.checkpoint, device="cpu")
-    cached = sorted(Path(".cache/poisoning-central").glob("cnn7-badnets5-*.st"))
+    cached = sorted(Path(".cache/poisoning-central").glob("cnn7-badnets5-*.st"), key=lambda p: p.stat().st_mtime)
     if cached:
-        return load_classifier(cached[0], device="cpu")
+        return load_classifier(cached[-1], device="cpu")
     torch.manual_seed(0)
     clf = build_classifier("cnn7", InputSpec(poisoned.input_shape), 10, device="cpu")
     fit(clf, poisoned, None, TrainConfig(epochs=3, batch_size=64, progress=False))
@@ -108,11 +108,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="Neural Cleanse epochs of 10 mini-batches")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trigger", default="square", help="the experiment's trigger (square, 4 px)")
+    ap.add_argument("--trigger-size", type=int, default=4)
     ap.add_argument("--out", default="benchmarks/results/poisoning.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tr, te = load("mnist-5k", "train"), load("mnist-5k", "test")
-    pz = badnets(tr, 0.05, target=0, trigger=Trigger(), seed=0)
+    pz = badnets(tr, 0.05, target=0, trigger=Trigger(kind=args.trigger, size=args.trigger_size), seed=0)
     clf = model_for(args, pz.data)
     x = te.x[:300]
     cfg = NeuralCleanseConfig(epochs=args.epochs, early_stop_patience=10**4)   # fixed work: no early stop
@@ -132,7 +134,7 @@ def main() -> None:
     sp = spectral_signatures(clf, pz.data.x, pz.data.y, eps=share)
     sp_s = time.perf_counter() - t
     res = {
-        "setup": {"model": "cnn7", "data": "mnist-5k", "poison": "badnets p=0.05 target 0", "nc_epochs": args.epochs,
+        "setup": {"model": "cnn7", "data": "mnist-5k", "poison": f"badnets p=0.05 target 0, {args.trigger} {args.trigger_size}px", "nc_epochs": args.epochs,
                   "steps_per_epoch": cfg.steps_per_epoch, "batch_size": cfg.batch_size, "clean_inputs": len(x),
                   "threads": args.threads, "rounds": args.rounds, "platform": platform.platform(),
                   "torch": torch.__version__},

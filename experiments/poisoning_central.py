@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,56 @@ def train(data: Dataset, test: Dataset, tag: str, epochs: int, seed: int = 0) ->
     return clf, dt
 
 
+def _f(v: Any, pct: bool = True) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}%" if pct else f"{v:.2f}"
+
+
+def render(res: dict[str, Any]) -> str:
+    """Markdown tables of a results file (for docs/poisoning.md)."""
+    out = ["| run | poisons | clean accuracy | accuracy lost | ASR |", "|---|---|---|---|---|"]
+    c = res.get("clean", {})
+    out.append(f"| clean | 0 | {_f(c.get('clean_accuracy'))} | - | {_f(c.get('asr_of_trigger'))} |")
+    for key, name in (("badnets_p5", "BadNets p = 5%"), ("clean_label_p5", "clean-label p = 5%, eps 0.3"),
+                      ("clean_label_p5_eps0", "clean-label p = 5%, eps 0")):
+        r = res.get(key)
+        if r:
+            out.append(f"| {name} | {r['n_poisoned']} | {_f(r['clean_accuracy'])} | "
+                       f"{_f(r.get('clean_accuracy_lost'))} | {_f(r['asr'])} |")
+    out += ["", "| repair of the BadNets model | clean accuracy | ASR | notes |", "|---|---|---|---|"]
+    for key, name in (("unlearning", "NC unlearning"), ("neuron_pruning", "NC neuron pruning"),
+                      ("fine_pruning", "fine-pruning")):
+        r = res.get(key)
+        if r:
+            note = (f"{r.get('stamped', '')} stamped of {r.get('defender_clean_examples', '')}" if key == "unlearning"
+                    else f"{r.get('pruned')} of {r.get('neurons', r.get('channels'))} pruned")
+            out.append(f"| {name} | {_f(r['clean_accuracy'])} | {_f(r['asr'])} | {note} |")
+    for key in ("neural_cleanse_badnets_p5", "neural_cleanse_clean"):
+        r = res.get(key)
+        if r:
+            out += ["", f"Neural Cleanse on the {'BadNets' if 'badnets' in key else 'clean'} model "
+                        f"({r['epochs_run']} epochs, {r['wall_time_s']:.0f} s): flagged {r['flagged']}, "
+                        f"smallest trigger class {r.get('smallest_trigger_class')}",
+                    "", "| class | " + " | ".join(str(k) for k in r["classes"]) + " |",
+                    "|---|" + "---|" * len(r["classes"]),
+                    "| L1 | " + " | ".join(f"{v:.1f}" for v in r["l1"]) + " |",
+                    "| anomaly | " + " | ".join(f"{v:.2f}" for v in r["anomaly"]) + " |"]
+    for key in [k for k in res if k.startswith("detection_")]:
+        r = res[key]
+        out += ["", f"Detection, {key[len('detection_'):]} ({r['n_poisoned']} poisons, "
+                    f"{_f(r['share_of_target_class'])} of the target class, ASR {_f(r['asr'])}):", "",
+                "| method | precision | recall | F1 |", "|---|---|---|---|"]
+        for m, v in r.items():
+            if isinstance(v, dict) and "recall" in v:
+                out.append(f"| {m} | {_f(v['precision'])} | {_f(v['recall'])} | {_f(v['f1'])} |")
+    s = res.get("strip")
+    if s:
+        out += ["", f"STRIP on the BadNets model: {_f(s['detection_rate_triggered'])} of triggered inputs flagged, "
+                    f"{_f(s['false_rejection_clean'])} of clean inputs rejected (threshold at 1% FRR)."]
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=5)
@@ -74,7 +125,11 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="train one model (clean | badnets5 | cleanlabel5) and stop")
     ap.add_argument("--p10", action="store_true", help="also train and scan BadNets models at p = 10%%")
     ap.add_argument("--nc-clean", action="store_true", help="also run Neural Cleanse on the clean model")
+    ap.add_argument("--render", action="store_true", help="print the tables of --out and stop")
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.out).read_text())))
+        return
     tr, te = load("mnist-5k", "train"), load("mnist-5k", "test")
     trig = Trigger(kind=args.trigger, size=args.trigger_size)
     res: dict[str, Any] = {"setup": {"data": "mnist-5k", "model": "cnn7", "epochs": args.epochs, "target": TARGET,
