@@ -200,7 +200,7 @@ def main() -> None:
     res["neural_cleanse_badnets_p5"] = nc_bd.summary()
     log("NC badnets", nc_bd.flagged, [round(a, 2) for a in nc_bd.anomaly.tolist()], f"{nc_bd.wall_time:.0f}s")
     save()
-    sus = nc_bd.suspected if nc_bd.suspected is not None else int(nc_bd.anomaly.argmax())
+    sus = nc_bd.suspected if nc_bd.suspected is not None else nc_bd.smallest   # none flagged: the smallest trigger
     mask, pattern = nc_bd.trigger(sus)
     held = te.subset(torch.arange(300, 1000))          # evaluation inputs the defender did not use
     defender = tr.subset(torch.randperm(len(tr), generator=torch.Generator().manual_seed(1))[:800])

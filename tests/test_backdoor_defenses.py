@@ -52,6 +52,7 @@ def test_anomaly_index_is_the_mad_score() -> None:
     assert med == 10.0
 
 
+@pytest.mark.slow  # Neural Cleanse / fine-tuning: ~25 s of CPU together
 def test_neural_cleanse_finds_the_target(cleanse) -> None:
     # the target's reversed trigger is by far the smallest and works; on this short run
     # the other classes' norms are too spread for the MAD index to pass 2 (see docs)
@@ -62,6 +63,7 @@ def test_neural_cleanse_finds_the_target(cleanse) -> None:
     assert cleanse.suspected in (None, TARGET)
 
 
+@pytest.mark.slow  # Neural Cleanse / fine-tuning: ~25 s of CPU together
 def test_unlearning_lowers_attack_success(model, cleanse, mnist_train, mnist_test) -> None:
     before = attack_success_rate(model, mnist_test.x, mnist_test.y, Trigger(), TARGET)
     fixed = copy.deepcopy(model)
@@ -72,6 +74,7 @@ def test_unlearning_lowers_attack_success(model, cleanse, mnist_train, mnist_tes
     assert fixed.accuracy(mnist_test.x, mnist_test.y) >= model.accuracy(mnist_test.x, mnist_test.y) - 0.1
 
 
+@pytest.mark.slow  # Neural Cleanse / fine-tuning: ~25 s of CPU together
 def test_neuron_pruning_disables_the_reversed_trigger(model, cleanse, mnist_test) -> None:
     pruned = copy.deepcopy(model)
     mask, pattern = cleanse.trigger(TARGET)
@@ -112,6 +115,7 @@ def test_strip_flags_triggered_inputs(model, mnist_test) -> None:
     assert float(flagged) >= 0.8 and float(false) <= 0.15, (flagged, false)
 
 
+@pytest.mark.slow  # Neural Cleanse / fine-tuning: ~25 s of CPU together
 def test_fine_pruning_lowers_attack_success(model, mnist_train, mnist_test) -> None:
     fp = copy.deepcopy(model)
     info = fine_prune(fp, mnist_train.subset(torch.arange(3000, 3600)), mnist_test.subset(torch.arange(500, 800)),

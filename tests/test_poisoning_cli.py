@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from poisoning_helpers import TARGET, backdoored_model
 
 from bastion.cli.main import run
 from bastion.models import save_classifier
+from poisoning_helpers import TARGET, backdoored_model
 
 
 def _json(capsys) -> dict:
@@ -91,6 +91,7 @@ def test_bad_input_exits_2(argv, msg, tmp_path: Path, capsys) -> None:
     assert msg in (err.out + err.err).replace("\n", " ")
 
 
+@pytest.mark.slow  # trains a model on the poisoned copy
 def test_audit_backdoor_and_poisoning_sections(ckpt: Path, tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "a.yaml"
     cfg.write_text("sections:\n"
