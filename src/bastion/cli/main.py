@@ -36,6 +36,8 @@ COMMAND_MODULES = (
     "bastion.cli.pool",
     "bastion.cli.fl_poison",
     "bastion.cli.fl",
+    "bastion.cli.poison",
+    "bastion.cli.scan",
 )
 
 for _mod in COMMAND_MODULES:

@@ -422,7 +422,7 @@ def load_image_folder(root: str | Path, split: str = "train", size: int | None =
 # ----------------------------------------------------------------------------- npz
 
 
-NPZ_MEMBERS = ("x", "y", "class_names")
+NPZ_MEMBERS = ("x", "y", "class_names", "x_test", "y_test")
 
 
 def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -471,8 +471,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 if key not in members:
                     continue
                 shape, _ = _npy_header(zf, members[key], path)
-                if key == "x":
-                    check_bytes(path, f"x (shape {shape}) as float32", math.prod(shape) * 4)
+                if key in ("x", "x_test"):
+                    check_bytes(path, f"{key} (shape {shape}) as float32", math.prod(shape) * 4)
                 with zf.open(members[key]) as m:
                     out[key] = np.lib.format.read_array(m, allow_pickle=False)
             return out
@@ -480,7 +480,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def load_npz(path: str | Path, split: str = "all", test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """An .npz with `x` ([N, H, W], [N, C, H, W], [N, H, W, C] or [N, D]; uint8 0..255 or
-    float in [0, 1]) and integer `y` in 0..K-1; optional `class_names` (K strings).
+    float in [0, 1]) and integer `y` in 0..K-1; optional `class_names` (K strings). With
+    `x_test` and `y_test` present, those are the test split and x/y the training split.
 
     No pickled objects are loaded. Each member's zip entry and .npy header are checked
     against limits.MAX_DATA_BYTES (and each other) before it is read; K must not exceed
@@ -495,6 +496,10 @@ def load_npz(path: str | Path, split: str = "all", test_fraction: float = 0.2, s
     except Exception as e:  # zipfile, zlib and numpy's header parser raise many kinds
         raise DataError(f"{path}: unreadable .npz ({reason(e)}); expected numpy.savez output with "
                         "'x' and 'y'") from None
+    if "x_test" in arrays and "y_test" in arrays and split in ("train", "test"):
+        # a file with its own test split (e.g. `bastion poison` output): x/y train, x_test/y_test test
+        arrays = {**arrays, "x": arrays["x_test"], "y": arrays["y_test"]} if split == "test" else arrays
+        split = "all"
     x, y = arrays["x"], arrays["y"]
     if x.ndim not in (2, 3, 4) or y.ndim != 1 or x.shape[0] != y.shape[0]:
         raise DataError(f"{path}: x must be [N, ...] with 2 to 4 dimensions and y [N]; got x {x.shape}, "
