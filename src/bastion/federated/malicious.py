@@ -106,15 +106,16 @@ class AttackSchedule:
 
 
 def stamp_trigger(x: torch.Tensor, size: int = 3, value: float = 1.0) -> torch.Tensor:
-    """A copy of image batch x [B, C, H, W] with a size x size square of `value` at the
-    bottom-right corner (the BadNets pixel-patch trigger, Gu et al., 2017)."""
+    """A copy of image batch x [B, C, H, W] with a size x size square of `value` in the
+    bottom-right corner: the BadNets square trigger (Gu et al., 2017) of
+    `bastion.attacks.poisoning`, flush with the border."""
+    from bastion.attacks.poisoning.trigger import Trigger
+
     if x.dim() != 4:
         raise ConfigError(f"trigger stamping needs image batches [B, C, H, W], got shape {tuple(x.shape)}")
     if not 1 <= size <= min(x.shape[-2:]):
         raise ConfigError(f"trigger size {size} must be in [1, {min(x.shape[-2:])}] (the image side)")
-    out = x.clone()
-    out[..., -size:, -size:] = value
-    return out
+    return Trigger("square", size, "bottom-right", margin=0, value=value).apply(x)
 
 
 @dataclass(frozen=True)
