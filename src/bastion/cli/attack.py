@@ -7,7 +7,7 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -45,8 +45,10 @@ from bastion.cli.model_options import (
     WEIGHTS_OPTION,
     load_model_from_options,
 )
-from bastion.core import Classifier
 from bastion.errors import ConfigError
+
+if TYPE_CHECKING:  # the list commands start without importing torch
+    from bastion.core import Classifier
 
 
 @app.command("attacks")
