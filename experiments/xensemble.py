@@ -71,6 +71,8 @@ ATTACKS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("TBIM-ll", "bim", "ll", {"eps": 0.3}),
     ("CW-L2-most", "cw-l2", "most", {"binary_search_steps": 5, "max_iter": 100, "lr": 0.1, "initial_const": 1.0}),
     ("CW-L2-ll", "cw-l2", "ll", {"binary_search_steps": 5, "max_iter": 100, "lr": 0.1, "initial_const": 1.0}),
+    ("CW-Linf-most", "cw-linf", "most", {"max_iter": 100, "lr": 0.1, "initial_const": 0.1}),
+    ("CW-Linf-ll", "cw-linf", "ll", {"max_iter": 100, "lr": 0.1, "initial_const": 0.1}),
     ("JSMA-most", "jsma", "most", {}),
     ("JSMA-ll", "jsma", "ll", {}),
 ]
