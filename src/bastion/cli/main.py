@@ -73,6 +73,11 @@ def run(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {one_line(str(e))}", highlight=False, markup=True,
                       soft_wrap=True)
         return 2
+    except ValueError as e:
+        if "null byte" not in str(e):  # a path holding NUL: click checks it with os.stat
+            raise
+        console.print("[bold red]error:[/] a path or name contains a NUL byte", highlight=False)
+        return 2
     except OSError as e:
         # the file system refused (name too long, permission, full disk, I/O error): the
         # user's environment, not a bug in Bastion
