@@ -6,6 +6,7 @@ import bastion.audit.defense_section
 import bastion.audit.dp_section
 import bastion.audit.evasion_section
 import bastion.audit.fl_poisoning_section
+import bastion.audit.fl_privacy_section
 import bastion.audit.leakage_section
 import bastion.audit.membership_section
 import bastion.audit.poisoning_section  # noqa: F401

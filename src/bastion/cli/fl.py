@@ -186,9 +186,11 @@ def _attack(clf: Any, events: list[Any], t: int, leak: LeakageSection) -> dict[s
 
 
 def run_fl_study(cfg: FLStudyConfig, engine: str = "local", device: str = "cpu",
-                 root: Path | None = None) -> dict[str, Any]:
+                 root: Path | None = None, *, model: Any = None, train: Any = None,
+                 test: Any = None) -> dict[str, Any]:
     """Run the study on `engine`; returns the JSON report (history, final accuracy, privacy,
-    leakage, a digest of the final global weights)."""
+    leakage, a digest of the final global weights). `model`, `train` and `test` (a
+    Classifier and Datasets, e.g. an audit's) replace the config's model and data."""
     from bastion.core import ConfigError
     from bastion.data import load
     from bastion.federated import FedConfig, PayloadCollector, get_aggregator, run_fedavg
@@ -206,14 +208,14 @@ def run_fl_study(cfg: FLStudyConfig, engine: str = "local", device: str = "cpu",
     if "aggregator" in kw and cfg.aggregator.name != "fedavg":
         raise ConfigError("Fed-SDP brings its own noisy aggregation; leave aggregator at fedavg")
     kw.setdefault("aggregator", agg)
-    train = load(cfg.data.name, "train", root=root)
-    test = load(cfg.data.name, "test", root=root)
+    train = load(cfg.data.name, "train", root=root) if train is None else train
+    test = load(cfg.data.name, "test", root=root) if test is None else test
     if cfg.data.train_size:
         train = train.take(min(cfg.data.train_size, len(train)))
     if cfg.data.test_size:
         test = test.take(min(cfg.data.test_size, len(test)))
     fed.validate(len(train))
-    clf = _model(cfg, _spec(train), train.num_classes, device)
+    clf = _model(cfg, _spec(train), train.num_classes, device) if model is None else model
     hooks = []
     col = None
     if cfg.leakage.enabled:
