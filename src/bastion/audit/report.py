@@ -64,7 +64,8 @@ code{background:#f3f5f9;padding:0 .25rem;border-radius:3px;font-size:.85em}
 KIND_TITLES = {"evasion": "Evasion: adversarial examples", "membership": "Membership inference",
                "leakage": "Gradient leakage", "dp": "Differential privacy",
                "defense": "Defense: undefended, defended and adaptive", "certify": "Certified robustness",
-               "fl-poisoning": "Federated poisoning", "backdoor": "Backdoor scan",
+               "fl-poisoning": "Federated poisoning", "fl-privacy": "Federated leakage and DP",
+               "backdoor": "Backdoor scan",
                "poisoning": "Data poisoning"}
 
 # Raw result keys -> (column heading, hover text with the unit or definition).
