@@ -116,6 +116,20 @@ class _Engine:
     def close(self) -> None:
         pass
 
+    def _from_per_sample(self, per: list[torch.Tensor], x: torch.Tensor) -> PerExample:
+        """PerExample from materialised per-example gradients [B, *p.shape] per parameter:
+        squared norms per clipping group, and the weighted sum over the batch."""
+        b = x.shape[0]
+        nsq = x.new_zeros(b, self.num_groups)
+        for k, t in zip(self.group_of, per):
+            nsq[:, k] += t.reshape(b, -1).pow(2).sum(1)
+        gof = self.group_of
+
+        def weighted_sum(w: torch.Tensor) -> list[torch.Tensor]:
+            return [torch.einsum("b,b...->...", w[:, k], t) for k, t in zip(gof, per)]
+
+        return PerExample(nsq, weighted_sum, per_sample=lambda: per)
+
 
 _GHOST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
 
@@ -375,16 +389,7 @@ class VmapEngine(_Engine):
         chunks = [f(params, x[i:i + step], y[i:i + step]) for i in range(0, x.shape[0], step)]
         per = [torch.cat([c[n] for c in chunks]) if chunks else
                torch.zeros((0, *p.shape), device=p.device) for n, p in zip(self.names, self.params)]
-        b = x.shape[0]
-        nsq = x.new_zeros(b, self.num_groups)
-        for k, t in zip(self.group_of, per):
-            nsq[:, k] += t.reshape(b, -1).pow(2).sum(1)
-        gof = self.group_of
-
-        def weighted_sum(w: torch.Tensor) -> list[torch.Tensor]:
-            return [torch.einsum("b,b...->...", w[:, k], t) for k, t in zip(gof, per)]
-
-        return PerExample(nsq, weighted_sum, per_sample=lambda: per)
+        return self._from_per_sample(per, x)
 
 
 class OpacusEngine(_Engine):
@@ -418,16 +423,7 @@ class OpacusEngine(_Engine):
         for p in self.params:
             p.grad_sample = None
             p.grad = None
-        b = x.shape[0]
-        nsq = x.new_zeros(b, self.num_groups)
-        for k, t in zip(self.group_of, per):
-            nsq[:, k] += t.reshape(b, -1).pow(2).sum(1)
-        gof = self.group_of
-
-        def weighted_sum(w: torch.Tensor) -> list[torch.Tensor]:
-            return [torch.einsum("b,b...->...", w[:, k], t) for k, t in zip(gof, per)]
-
-        return PerExample(nsq, weighted_sum, per_sample=lambda: per)
+        return self._from_per_sample(per, x)
 
     def close(self) -> None:
         self.gsm._close()
