@@ -73,6 +73,8 @@ ATTACKS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("CW-L2-ll", "cw-l2", "ll", {"binary_search_steps": 5, "max_iter": 100, "lr": 0.1, "initial_const": 1.0}),
     ("CW-Linf-most", "cw-linf", "most", {"max_iter": 100, "lr": 0.1, "initial_const": 0.1}),
     ("CW-Linf-ll", "cw-linf", "ll", {"max_iter": 100, "lr": 0.1, "initial_const": 0.1}),
+    ("CW-L0-most", "cw-l0", "most", {"max_iter": 100, "lr": 0.1, "initial_const": 1.0, "largest_const": 10000.0}),
+    ("CW-L0-ll", "cw-l0", "ll", {"max_iter": 100, "lr": 0.1, "initial_const": 1.0, "largest_const": 10000.0}),
     ("JSMA-most", "jsma", "most", {}),
     ("JSMA-ll", "jsma", "ll", {}),
 ]
