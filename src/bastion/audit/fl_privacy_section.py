@@ -79,11 +79,11 @@ def fl_privacy_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
     _validate(cfg)
     name = cfg.get("name") or "fl-privacy"
     train = ctx.train.take(int(cfg.get("train_size", 200)))
+    studies = {"plain": _study(cfg, ctx.seed, False), "private": _study(cfg, ctx.seed, True)}
     runs: dict[str, dict[str, Any]] = {}
-    for private in (False, True):
-        study = _study(cfg, ctx.seed, private)
+    for which, study in studies.items():
         blob = json.dumps([study.model_dump(), len(train)], sort_keys=True, default=str)
-        key = f"{name}-{'private' if private else 'plain'}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+        key = f"{name}-{which}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
         def work(study: Any = study) -> dict[str, Any]:
             rep = run_fl_study(study, device=str(ctx.model.device), model=ctx.model, train=train, test=ctx.test)
@@ -93,8 +93,8 @@ def fl_privacy_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutput:
                        "epsilon": eps if isinstance(eps, (int, float)) and math.isfinite(eps) else None}
             return {"test_accuracy": rep["test_accuracy"], "privacy": privacy, "leakage": rep["leakage"]}
 
-        runs["private" if private else "plain"] = ctx.step(key, work)
-    kind = _study(cfg, ctx.seed, True).privacy.kind
+        runs[which] = ctx.step(key, work)
+    kind = studies["private"].privacy.kind
     label = {"sdp": "Fed-SDP (client level)", "cdp": "Fed-CDP (instance level)"}[kind]
     types = sorted(runs["plain"]["leakage"], key=int)
     rows = []
