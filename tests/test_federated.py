@@ -149,3 +149,42 @@ def test_vectorized_clients_match_the_loop(mnist_train, mnist_test):
                         local_batch_size=16, vectorize=vec)
         accs[vec] = run_fedavg(mlp(), mnist_train.take(1000), mnist_test, cfg).test_accuracy
     assert accs[True] > 0.6 and abs(accs[True] - accs[False]) < 0.05
+
+
+@pytest.mark.parametrize("arch", ["mlp", "lenet"])
+def test_lockstep_groups_give_the_loops_weights(mnist_train, arch, monkeypatch):
+    """Groups of 2 (and a last group of 1) of 5 sampled clients, convolutions included:
+    the same weights as one client at a time, and oneDNN is on again afterwards."""
+    from bastion.federated import simulation
+    groups: list[int] = []
+    real = simulation.local_train_vectorized
+
+    def spy(model, start, xs, *rest):
+        groups.append(xs.shape[0])
+        return real(model, start, xs, *rest)
+    monkeypatch.setattr(simulation, "local_train_vectorized", spy)
+    def net():
+        torch.manual_seed(0)
+        return build_classifier(arch, InputSpec((1, 28, 28)), 10, {}, device="cpu")
+    start = {k: v.detach() for k, v in net().named_parameters()}
+    out = {}
+    for vec in (False, True):
+        cfg = FedConfig(num_clients=8, clients_per_round=5, rounds=2, local_lr=0.05,
+                        local_batch_size=10, vectorize=vec, vectorize_group=2, progress=False)
+        out[vec] = run_fedavg(net(), mnist_train.take(400), None, cfg).weights
+    diff = max(float((out[True][k] - out[False][k]).abs().max()) for k in start)
+    moved = max(float((out[False][k] - start[k]).abs().max()) for k in start)
+    assert groups == [2, 2, 1] * 2
+    assert diff < 1e-5 and moved > 1e-2
+    assert torch.backends.mkldnn.enabled
+
+
+def test_lockstep_group_size_follows_the_device_budget():
+    from bastion.federated.simulation import LOCKSTEP_CPU_BYTES, lockstep_group
+    w = {"w": torch.zeros(LOCKSTEP_CPU_BYTES // 4 // 10)}     # a tenth of the budget
+    assert lockstep_group(FedConfig(), w, 100) == 10
+    assert lockstep_group(FedConfig(), w, 4) == 4
+    assert lockstep_group(FedConfig(vectorize_group=3), w, 100) == 3
+    assert lockstep_group(FedConfig(), {"w": torch.zeros(LOCKSTEP_CPU_BYTES)}, 100) == 1
+    with pytest.raises(ConfigError, match="vectorize_group"):
+        FedConfig(vectorize_group=0).validate()

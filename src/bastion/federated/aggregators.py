@@ -60,15 +60,17 @@ def _check(updates: Sequence[ClientUpdate]) -> list[str]:
 
 
 def fedavg(updates: Sequence[ClientUpdate]) -> Tensors:
-    """Mean of the deltas weighted by each client's number of examples."""
+    """Mean of the deltas weighted by each client's number of examples, accumulated update
+    by update (no [clients, ...] stack: one pass over the deltas, no large allocation)."""
     names = _check(updates)
-    w = torch.tensor([float(u.num_examples) for u in updates])
-    w = w / w.sum()
-    out = {}
-    for n in names:
-        s = _stack(updates, n)
-        out[n] = torch.tensordot(w.to(s.device, s.dtype), s, dims=1)
-    return out
+    total = float(sum(u.num_examples for u in updates))
+    if total <= 0:
+        raise ConfigError("fedavg needs at least one client update with examples")
+    out = [torch.zeros_like(updates[0].delta[n]) for n in names]
+    for u in updates:
+        torch._foreach_add_(out, [u.delta[n].to(o.dtype) for n, o in zip(names, out, strict=True)],
+                            alpha=u.num_examples / total)
+    return dict(zip(names, out, strict=True))
 
 
 def mean(updates: Sequence[ClientUpdate]) -> Tensors:
