@@ -70,6 +70,7 @@ class FederatedSection(_Strict):
     alpha: float = 0.5
     eval_every: int = 1
     vectorize: bool = False
+    vectorize_group: int | None = Field(default=None, ge=1)
 
 
 class AggregatorSection(_Strict):
