@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from bastion.attacks.poisoning import Trigger, badnets, clean_label, feature_collision, flip_labels
+from bastion.attacks.poisoning import (
+    Trigger,
+    badnets,
+    clean_label,
+    feature_collision,
+    flip_labels,
+    retrain_last_layer,
+)
 from bastion.attacks.poisoning.features import penultimate
 from bastion.attacks.poisoning.run import PoisonSettings, apply_poison, npz_bytes
 from bastion.core import ConfigError
@@ -90,6 +97,39 @@ def test_feature_collision_moves_features_to_the_target(small_model, small_train
     ft = penultimate(small_model, target[None])
     assert float((penultimate(small_model, res.data.x[idx]) - ft).norm(dim=1).mean()) == pytest.approx(
         ex["feature_distance_after"], rel=1e-3)
+
+
+def test_feature_collision_flips_the_target_after_last_layer_retraining(small_model, small_train,
+                                                                        mnist_test) -> None:
+    """Shafahi et al.'s transfer-learning victim: the frozen extractor's last layer retrained
+    on the poisoned set labels the target as the base class; retrained on the clean set, not."""
+    hits = []
+    for j in (0, 1):
+        target, base = mnist_test.x[j], int((mnist_test.y[j] + 1) % 10)
+        assert int(small_model.predict(target[None])[0]) == int(mnist_test.y[j])
+        res = feature_collision(small_train, small_model, target, base_class=base, n_poisons=20,
+                                steps=100, seed=j)
+        assert res.record.extras["feature_distance_after"] < 0.1 * res.record.extras["feature_distance_before"]
+        hits.append(int(retrain_last_layer(small_model, res.data).predict(target[None])[0]) == base)
+        assert int(retrain_last_layer(small_model, small_train).predict(target[None])[0]) != base
+    assert all(hits)
+
+
+def test_feature_collision_survives_a_too_large_step(small_model, small_train, mnist_test) -> None:
+    """The step decay: at 20x the default step the objective still falls instead of diverging."""
+    res = feature_collision(small_train, small_model, mnist_test.x[0], base_class=1, n_poisons=4,
+                            steps=60, lr=0.2, seed=0)
+    assert res.record.extras["feature_distance_after"] < 0.2 * res.record.extras["feature_distance_before"]
+
+
+def test_retrain_last_layer_changes_only_the_last_layer(small_model, small_train) -> None:
+    out = retrain_last_layer(small_model, small_train.take(200), epochs=15, reinit=True)
+    before, after = dict(small_model.named_parameters()), dict(out.named_parameters())
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(k.endswith(("weight", "bias")) for k in changed)
+    assert len(changed) <= 2 and out.accuracy(small_train.x[:200], small_train.y[:200]) > 0.8
+    with pytest.raises(ConfigError, match="epochs"):
+        retrain_last_layer(small_model, small_train, epochs=0)
 
 
 def test_npz_round_trip_keeps_poison_and_clean_test(tmp_path, small_train, mnist_test) -> None:

@@ -11,9 +11,10 @@ from bastion.attacks.poisoning.clean_label import clean_label
 from bastion.attacks.poisoning.feature_collision import feature_collision
 from bastion.attacks.poisoning.label_flip import flip_labels
 from bastion.attacks.poisoning.record import PoisonRecord, PoisonResult
+from bastion.attacks.poisoning.retrain import retrain_last_layer
 from bastion.attacks.poisoning.trigger import Trigger
 
 ATTACKS = ("label-flip", "badnets", "clean-label", "feature-collision")
 
 __all__ = ["ATTACKS", "PoisonRecord", "PoisonResult", "Trigger", "backdoor_labels", "badnets", "clean_label",
-           "feature_collision", "flip_labels"]
+           "feature_collision", "flip_labels", "retrain_last_layer"]

@@ -9,9 +9,12 @@ target's while they stay close to the base in input space:
 
 with beta = beta0 * 2048^2 / dim(b)^2 (beta0 = 0.25, the paper's scaling). Watermarking
 blends the target into the base first (x = opacity * t + (1 - opacity) * b), which the
-paper needs for end-to-end training. Labels stay the base class: a human labeller sees
-a correctly labelled image. Success: a model retrained on the result labels the target
-image as the base class.
+paper needs for end-to-end training. A poison whose objective ||f(x) - f(t)||^2 +
+beta ||x - b||^2 rises after a step goes back to its previous point with half the step
+size (the step decay of the authors' code), so a too-large `lr` slows the attack instead of
+making it diverge. Labels stay the base class: a human labeller sees a correctly labelled
+image. Success: a model retrained on the result labels the target image as the base class
+(`bastion.attacks.poisoning.retrain_last_layer` is the paper's transfer-learning victim).
 """
 
 from __future__ import annotations
@@ -65,13 +68,21 @@ def feature_collision(data: Dataset, model: Classifier, target_image: torch.Tens
     try:
         ft = penultimate(model, t).detach()
         x = base.clone()
+        step = torch.full((x.shape[0],) + (1,) * (x.dim() - 1), float(lr), device=dev)
+        prev: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         for _ in range(int(steps)):
             x.requires_grad_(True)
             with torch.enable_grad():
-                loss = (penultimate(model, x, grad=True) - ft).pow(2).sum()
-                (g,) = torch.autograd.grad(loss, x)
-            x = (x.detach() - lr * g)
-            x = ((x + lr * beta * base) / (1 + lr * beta)).clamp(lo, hi)
+                obj = (penultimate(model, x, grad=True) - ft).pow(2).sum(1)
+                (g,) = torch.autograd.grad(obj.sum(), x)
+            x, obj = x.detach(), obj.detach() + beta * (x.detach() - base).flatten(1).pow(2).sum(1)
+            if prev is not None:   # a poison whose objective rose: back to its last point, half the step
+                worse = obj > prev[1]
+                x[worse], g[worse], obj[worse] = prev[0][worse], prev[2][worse], prev[1][worse]
+                step[worse] *= 0.5
+            prev = (x, obj, g)
+            x = x - step * g
+            x = ((x + step * beta * base) / (1 + step * beta)).clamp(lo, hi)
         with torch.no_grad():
             dist = (penultimate(model, x) - ft).norm(dim=1)
             dist0 = (penultimate(model, data.x[idx].to(dev)) - ft).norm(dim=1)
