@@ -113,6 +113,14 @@ def class_recall(model: Classifier, data: Dataset, cls: int) -> tuple[float, tor
     return float((pred == cls).float().mean()), pred
 
 
+def target_probability(model: Classifier, data: Dataset, source: int, target: int) -> float:
+    """Mean softmax probability of `target` on the `source`-class examples of `data`: how
+    far label flipping pushed the source class, finer than the recall's one example."""
+    with torch.no_grad():
+        logits = model(data.x[data.y == source].to(model.device))
+    return float(logits.softmax(-1)[:, target].mean())
+
+
 def backdoor_asr(model: Classifier, data: Dataset, target: int, size: int, value: float) -> float:
     """Share of triggered non-target test examples classified as the target."""
     mask = data.y != target
@@ -167,6 +175,7 @@ def poisoned_run(model: Classifier, train: Dataset, test: Dataset, fed: FedConfi
         rec, pred = class_recall(res.model, test, mcfg.source)
         out["source_recall"] = rec
         out["source_to_target"] = float((pred == mcfg.target).float().mean())
+        out["source_target_prob"] = target_probability(res.model, test, mcfg.source, mcfg.target)
     else:
         out["backdoor_asr"] = backdoor_asr(res.model, test, mcfg.target, mcfg.trigger_size, mcfg.trigger_value)
     if isinstance(agg, StatisticalDetector):
