@@ -180,3 +180,44 @@ def test_bad_input_names_the_constraint():
         get_aggregator("krum", bogus=1)
     with pytest.raises(ConfigError, match="source != target"):
         MaliciousConfig(source=3, target=3)
+
+
+def _round_updates(rnd, g, bad_scale, n=10, spike=None):
+    """n updates with a hidden layer and a 2-D output layer; client 0's output row 3 is
+    scaled by `bad_scale` (a persistent, moderate anomaly); `spike` = (client, factor)
+    makes one honest client's whole update a one-off, moderate outlier."""
+    out = []
+    for c in range(n):
+        hid = torch.randn(40, generator=g)
+        w = 1.0 + 0.05 * torch.randn(5, 8, generator=g)
+        if c == 0:
+            w[3] *= bad_scale
+        d = {"hidden": 0.1 * hid, "out": w}
+        if spike is not None and spike[0] == c:
+            d = {k: v * spike[1] for k, v in d.items()}
+        out.append(ClientUpdate(c, rnd, d, 10, 0.1, 1))
+    return out
+
+
+def test_detector_accumulates_persistent_evidence_and_forgives_one_off_spikes():
+    g = torch.Generator().manual_seed(0)
+    rounds = [_round_updates(r, g, 1.15, spike=(5, 1.05) if r == 1 else None) for r in range(6)]
+    acc, once = StatisticalDetector(), StatisticalDetector(evidence=None)
+    for u in rounds:
+        acc.flag(u)
+        once.flag(u)
+    truth = {(r, 0) for r in range(6)}
+    m_acc = detection_metrics(acc.flagged_pairs(), truth, acc.seen_pairs())
+    m_once = detection_metrics(once.flagged_pairs(), truth, once.seen_pairs())
+    assert (1, 5) in once.flagged_pairs() and (1, 5) not in acc.flagged_pairs()  # one-off spike
+    assert m_acc["precision"] >= 0.8 and m_acc["recall"] >= 0.5                 # caught once evidence adds up
+    assert m_once["precision"] < 0.5                                            # one round alone: many honest flags
+    assert acc.records[-1]["accumulated"][0] > acc.evidence                     # the attacker's CUSUM
+    assert max(acc.records[-1]["accumulated"][1:]) < acc.evidence
+    assert {(r, 0) for r in range(2, 6)} <= acc.flagged_pairs()                 # and kept flagged
+    # the output-layer statistic sees the anomaly in the attacked class's row
+    assert int(torch.tensor(acc.records[0]["stats"]["output_rows"]).argmax(1)[0]) == 3
+    acc.flag(rounds[0])  # round 0 again: a new run, the evidence starts over
+    assert acc.records[-1]["accumulated"][0] < acc.evidence
+    with pytest.raises(ConfigError, match="evidence"):
+        StatisticalDetector(evidence=0)

@@ -56,8 +56,8 @@ def _settings(cfg: dict[str, Any]) -> dict[str, Any]:
 def _validate(cfg: dict[str, Any]) -> None:
     """Every constraint before any training (attackers vs clients, fractions, Krum/Bulyan)."""
     from bastion.federated import FedConfig
-    from bastion.federated.malicious import AttackSchedule, MaliciousConfig, select_attackers
-    from bastion.federated.malicious_study import StudyConfig, build_aggregator
+    from bastion.federated.malicious import AttackSchedule, select_attackers
+    from bastion.federated.malicious_study import build_aggregator
 
     s = _settings(cfg)
     for k in ("clients", "rounds", "train_size", "local_epochs"):
@@ -67,10 +67,18 @@ def _validate(cfg: dict[str, Any]) -> None:
               local_lr=float(s["lr"])).validate()
     m = len(select_attackers(s["clients"], s["attackers"]))
     AttackSchedule(s["rounds"], s["timing"])
-    MaliciousConfig(s["attack"], s["source"], s["target"], s["poison_fraction"])
     if s["aggregator"] == "fltrust":
         raise ConfigError("fl-poisoning section: fltrust needs a root data set; use it from `bastion fl-poison`")
-    build_aggregator(StudyConfig(aggregator=s["aggregator"], f=s["f"]), s["clients"], m)
+    build_aggregator(_study(s, m, s["aggregator"]), s["clients"], m)
+
+
+def _study(s: dict[str, Any], attackers: int | float, aggregator: str) -> Any:
+    """The section's `StudyConfig` with `attackers` and `aggregator` (validates the attack)."""
+    from bastion.federated.malicious import MaliciousConfig
+    from bastion.federated.malicious_study import StudyConfig
+
+    attack = MaliciousConfig(s["attack"], s["source"], s["target"], s["poison_fraction"])
+    return StudyConfig(attackers=attackers, malicious=attack, timing=s["timing"], aggregator=aggregator, f=s["f"])
 
 
 def _fresh(model: Any, seed: int) -> Any:
@@ -93,12 +101,9 @@ def fl_poisoning_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutpu
     train = ctx.train.take(s["train_size"])
     fed = FedConfig(num_clients=s["clients"], clients_per_round=s["clients"], rounds=s["rounds"],
                     local_epochs=s["local_epochs"], local_lr=float(s["lr"]), seed=ctx.seed, progress=False)
-    base = dict(attack=s["attack"], source=s["source"], target=s["target"], timing=s["timing"],
-                poison_fraction=s["poison_fraction"], f=s["f"])
-    studies = {"no attackers, FedAvg": StudyConfig(attackers=0, **base),
-               "attacked, FedAvg": StudyConfig(attackers=s["attackers"], **base),
-               f"attacked, {s['aggregator']}": StudyConfig(attackers=s["attackers"], aggregator=s["aggregator"],
-                                                          **base)}
+    studies = {"no attackers, FedAvg": _study(s, 0, "fedavg"),
+               "attacked, FedAvg": _study(s, s["attackers"], "fedavg"),
+               f"attacked, {s['aggregator']}": _study(s, s["attackers"], s["aggregator"])}
 
     def one(study: StudyConfig) -> dict[str, Any]:
         r = poisoned_run(_fresh(ctx.model, ctx.seed), train, ctx.test, fed, study)

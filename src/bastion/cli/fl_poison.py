@@ -118,15 +118,14 @@ def fl_poison_cmd(
                     local_epochs=local_epochs, local_lr=lr, local_batch_size=batch_size, seed=seed,
                     progress=None if not quiet else False)
     fed.validate()
-    study = StudyConfig(attackers=n_att, attack=attack, source=source, target=target,
-                        poison_fraction=poison_fraction, boost=boost, norm_bound=norm_bound, timing=timing,
-                        participation=participation, aggregator=aggregator, f=f, beta=beta,
-                        clip_bound=clip_bound, clip_noise=clip_noise, detector_threshold=threshold,
-                        root_size=root_size)
-    # every constraint before any training: attackers vs clients, fractions, timing, Krum/Bulyan's n vs f
+    # every constraint before any training: the attack's fractions and classes, attackers vs
+    # clients, timing, Krum/Bulyan's n vs f
+    malicious = MaliciousConfig(attack, source, target, poison_fraction, boost, norm_bound)
+    study = StudyConfig(attackers=n_att, malicious=malicious, timing=timing, participation=participation,
+                        aggregator=aggregator, f=f, beta=beta, clip_bound=clip_bound, clip_noise=clip_noise,
+                        detector_threshold=threshold, root_size=root_size)
     m = len(select_attackers(clients, n_att, seed))
     AttackSchedule(rounds, timing, participation)
-    MaliciousConfig(attack, source, target, poison_fraction, boost, norm_bound)
     if aggregator != "fltrust":
         build_aggregator(study, fed.clients_per_round, m)
     train = load(data, "train", root=root).take(train_size)
@@ -143,8 +142,7 @@ def fl_poison_cmd(
     res.pop("model")
     out = {"attacked": res}
     if baseline:
-        base = poisoned_run(fresh(), train, test, fed, StudyConfig(attackers=0, attack=attack, source=source,
-                                                                     target=target))
+        base = poisoned_run(fresh(), train, test, fed, study.without_attackers())
         base.pop("model")
         out["baseline"] = base
     rows = []

@@ -9,7 +9,7 @@ the statistical detector's flags against the (round, client) updates that were m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -30,12 +30,12 @@ from bastion.federated.simulation import FedConfig, run_fedavg
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """A poisoned federated study.
+    """A poisoned federated study: who attacks, how, when, and the server's rule.
 
     Attributes:
         attackers: malicious clients: a count m or a fraction of num_clients.
-        attack: see `MaliciousConfig.attack`; source, target, poison_fraction, boost,
-            norm_bound as there.
+        malicious: the attack (`MaliciousConfig`: label flipping, backdoor data, model
+            replacement or constrain-and-scale, with its classes and sizes).
         timing, participation: the `AttackSchedule`.
         aggregator: a registered aggregator name (fedavg, median, trimmed-mean, krum,
             multi-krum, bulyan, norm-clip, fltrust, detector).
@@ -48,12 +48,7 @@ class StudyConfig:
     """
 
     attackers: int | float = 1
-    attack: str = "label-flip"
-    source: int = 7
-    target: int = 1
-    poison_fraction: float = 1.0
-    boost: float | None = None
-    norm_bound: float | None = None
+    malicious: MaliciousConfig = field(default_factory=MaliciousConfig)
     timing: str = "always"
     participation: float = 1.0
     aggregator: str = "fedavg"
@@ -63,6 +58,19 @@ class StudyConfig:
     clip_noise: float = 0.0
     detector_threshold: float = 3.5
     root_size: int = 100
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.malicious, MaliciousConfig):
+            raise ConfigError(f"StudyConfig.malicious must be a MaliciousConfig, got {type(self.malicious).__name__}")
+
+    @property
+    def attack(self) -> str:
+        """The attack's name (`MaliciousConfig.attack`)."""
+        return self.malicious.attack
+
+    def without_attackers(self) -> StudyConfig:
+        """The same study with no malicious client under FedAvg (the clean reference)."""
+        return replace(self, attackers=0, aggregator="fedavg")
 
 
 def build_aggregator(cfg: StudyConfig, n_per_round: int, m: int, model: Classifier | None = None,
@@ -105,6 +113,14 @@ def class_recall(model: Classifier, data: Dataset, cls: int) -> tuple[float, tor
     return float((pred == cls).float().mean()), pred
 
 
+def target_probability(model: Classifier, data: Dataset, source: int, target: int) -> float:
+    """Mean softmax probability of `target` on the `source`-class examples of `data`: how
+    far label flipping pushed the source class, finer than the recall's one example."""
+    with torch.no_grad():
+        logits = model(data.x[data.y == source].to(model.device))
+    return float(logits.softmax(-1)[:, target].mean())
+
+
 def backdoor_asr(model: Classifier, data: Dataset, target: int, size: int, value: float) -> float:
     """Share of triggered non-target test examples classified as the target."""
     mask = data.y != target
@@ -112,15 +128,28 @@ def backdoor_asr(model: Classifier, data: Dataset, target: int, size: int, value
     return float((model.predict(x).cpu() == target).float().mean())
 
 
-def poisoned_run(model: Classifier, train: Dataset, test: Dataset, fed: FedConfig, cfg: StudyConfig
+def poisoned_run(model: Classifier, train: Dataset, test: Dataset, fed: FedConfig, cfg: StudyConfig,
+                 *, root: Dataset | None = None, start_round: int = 0, monitor: bool = False
                  ) -> dict[str, Any]:
-    """Run FedAvg with `cfg`'s malicious clients and aggregator; the metrics as a dict."""
+    """Run FedAvg with `cfg`'s malicious clients and aggregator; the metrics as a dict.
+
+    Args:
+        model: architecture and initial global weights (after round start_round - 1 when
+            resuming).
+        train, test: the clients' training data and the test data.
+        fed: the federation; cfg: the study.
+        root: FLTrust's root set (None: the last `cfg.root_size` training examples,
+            withheld from the clients).
+        start_round: resume at this round (`run_fedavg`): runs that differ only from
+            start_round on can share the clean rounds before it.
+        monitor: with an aggregator other than the detector, also run the statistical
+            detector on every round's updates without acting on its flags; its
+            precision/recall come back under "monitor" (what it would have flagged).
+    """
     fed.validate(len(train))
-    mcfg = MaliciousConfig(cfg.attack, cfg.source, cfg.target, cfg.poison_fraction, cfg.boost,
-                           cfg.norm_bound)
+    mcfg = cfg.malicious
     mcfg.check_classes(train.num_classes)
-    root = None
-    if cfg.aggregator == "fltrust":
+    if cfg.aggregator == "fltrust" and root is None:
         if not 1 <= cfg.root_size < len(train):
             raise ConfigError(f"root_size must be in [1, {len(train) - 1}], got {cfg.root_size}")
         root = train.subset(torch.arange(len(train) - cfg.root_size, len(train)))
@@ -128,21 +157,33 @@ def poisoned_run(model: Classifier, train: Dataset, test: Dataset, fed: FedConfi
     mal: MaliciousClients = make_malicious(fed.num_clients, cfg.attackers, mcfg, fed.rounds, cfg.timing,
                                            cfg.participation, fed.clients_per_round, fed.seed)
     agg = build_aggregator(cfg, fed.clients_per_round, len(mal.attackers), model, root, fed)
-    res = run_fedavg(model, train, test, fed, aggregator=agg, update_transforms=[mal.update_transform],
-                     client_data_transform=mal.data_transform)
+    watch = (StatisticalDetector(cfg.detector_threshold)
+             if monitor and not isinstance(agg, StatisticalDetector) else None)
+
+    def server(updates: Any) -> Any:
+        if watch is not None:
+            watch.flag(updates)
+        return agg(updates)
+
+    res = run_fedavg(model, train, test, fed, aggregator=server, update_transforms=[mal.update_transform],
+                     client_data_transform=mal.data_transform, start_round=start_round)
     out: dict[str, Any] = {"config": asdict(cfg), "fed": asdict(fed), "malicious": mal.summary(),
                            "clean_accuracy": res.test_accuracy,
                            "accuracy_history": [h.get("test_accuracy") for h in res.history],
                            "wall_time": res.wall_time}
-    if cfg.attack == "label-flip":
-        rec, pred = class_recall(res.model, test, cfg.source)
+    if mcfg.attack == "label-flip":
+        rec, pred = class_recall(res.model, test, mcfg.source)
         out["source_recall"] = rec
-        out["source_to_target"] = float((pred == cfg.target).float().mean())
+        out["source_to_target"] = float((pred == mcfg.target).float().mean())
+        out["source_target_prob"] = target_probability(res.model, test, mcfg.source, mcfg.target)
     else:
-        out["backdoor_asr"] = backdoor_asr(res.model, test, cfg.target, mcfg.trigger_size, mcfg.trigger_value)
+        out["backdoor_asr"] = backdoor_asr(res.model, test, mcfg.target, mcfg.trigger_size, mcfg.trigger_value)
     if isinstance(agg, StatisticalDetector):
         out["detection"] = detection_metrics(agg.flagged_pairs(), mal.malicious, agg.seen_pairs())
         out["flags"] = [{"round": r["round"], "flagged": r["flagged"]} for r in agg.records]
+    if watch is not None:
+        out["monitor"] = {"detection": detection_metrics(watch.flagged_pairs(), mal.malicious, watch.seen_pairs()),
+                          "records": watch.records, "malicious_pairs": sorted(mal.malicious)}
     if hasattr(agg, "history"):
         out["selected"] = agg.history
     out["model"] = res.model

@@ -483,6 +483,7 @@ def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
                client_data_transform: Callable[[int, int, torch.Tensor, torch.Tensor],
                                                tuple[torch.Tensor, torch.Tensor]] | None = None,
                local_trainer: LocalTrainer | None = None,
+               start_round: int = 0,
                ) -> FedResult:
     """Simulate FedAvg starting from `model`'s weights (the model itself is not changed).
 
@@ -498,20 +499,28 @@ def run_fedavg(model: Classifier, train: Dataset, test: Dataset | None = None,
         client_data_transform: (round, client, x, y) -> (x, y) applied to each sampled
             client's local data every round (e.g. data poisoning on malicious clients).
         local_trainer: replaces local SGD (e.g. Fed-CDP's DP-SGD); excludes local_transform.
+        start_round: resume a run at this round: `model` holds the global weights after
+            rounds 0..start_round-1 and the server's client sampling is advanced past them,
+            so rounds start_round..rounds-1 are those of the uninterrupted run (a clean
+            prefix can be shared by runs that differ only from start_round on).
     """
     cfg = config or FedConfig()
     if local_trainer is not None and local_transform is not None:
         raise ConfigError("give local_trainer or local_transform, not both")
+    if not 0 <= start_round < cfg.rounds:
+        raise ConfigError(f"start_round must be in [0, rounds - 1 = {cfg.rounds - 1}], got {start_round}")
     data = client_data(model, train, cfg, client_indices)
     trainer = local_trainer or default_trainer(local_transform)
     start_time = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(start_round):
+        sample_clients(gen, cfg.num_clients, cfg.clients_per_round)
     weights = _trainable(model)
     history: list[dict[str, Any]] = []
     acc = None
     clean = data
-    with task("fedavg", cfg.rounds, cfg.progress) as bar:
-        for rnd in range(cfg.rounds):
+    with task("fedavg", cfg.rounds - start_round, cfg.progress) as bar:
+        for rnd in range(start_round, cfg.rounds):
             chosen = sample_clients(gen, cfg.num_clients, cfg.clients_per_round)
             if client_data_transform is not None:
                 data = [client_data_transform(rnd, c, *clean[c]) if c in chosen else clean[c]
