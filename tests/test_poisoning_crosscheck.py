@@ -92,7 +92,7 @@ def test_activation_clustering_agrees_with_art(setup) -> None:
     _, clean = ActivationDefence(est, x, y).detect_poison(nb_clusters=2, nb_dims=10, reduce="PCA")
     theirs = set(np.flatnonzero(np.array(clean) == 0).tolist())
     ours = activation_clustering(clf, pz.data.x, pz.data.y,
-                                 ActivationClusteringConfig(reducer="pca", silhouette_threshold=1.0,
+                                 ActivationClusteringConfig(reducer="pca", decide="size", silhouette_threshold=1.0,
                                                             size_threshold=0.5))
     mine = set(ours["flagged_index"])
     tgt = {i for i in range(len(pz.data)) if int(pz.data.y[i]) == TARGET}

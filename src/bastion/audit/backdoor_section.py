@@ -38,7 +38,7 @@ from bastion.params import validated
 
 FAIL_AT, WARN_AT = 2.0, 1.5
 COLUMNS = {"neural-cleanse": ["class", "l1", "trigger_success", "anomaly", "flagged"],
-           "activation-clustering": ["class", "n", "relative_size", "silhouette", "flagged"],
+           "activation-clustering": ["class", "n", "relative_size", "silhouette", "failure_ratio", "flagged"],
            "spectral": ["class", "n", "removed", "score_ratio", "anomaly"],
            "strip": ["class", "n", "mean_entropy", "flag_rate"]}
 

@@ -42,7 +42,7 @@ from bastion.cli.model_options import (
 from bastion.errors import ConfigError
 
 COLUMNS = {"neural-cleanse": ["class", "l1", "trigger_success", "anomaly", "flagged"],
-           "activation-clustering": ["class", "n", "relative_size", "silhouette", "flagged"],
+           "activation-clustering": ["class", "n", "relative_size", "silhouette", "failure_ratio", "flagged"],
            "spectral": ["class", "n", "removed", "score_ratio", "anomaly"],
            "strip": ["class", "n", "mean_entropy", "flag_rate"]}
 

@@ -5,6 +5,7 @@ signatures (Tran et al. 2018), STRIP (Gao et al. 2019) and fine-pruning (Liu et 
 from bastion.defenses.backdoor.activation_clustering import (
     ActivationClusteringConfig,
     activation_clustering,
+    persistence,
 )
 from bastion.defenses.backdoor.fine_pruning import FinePruningConfig, fine_prune
 from bastion.defenses.backdoor.mitigation import UnlearnConfig, prune_neurons, unlearn
@@ -18,5 +19,5 @@ from bastion.defenses.backdoor.spectral import spectral_signatures
 from bastion.defenses.backdoor.strip import Strip
 
 __all__ = ["ActivationClusteringConfig", "FinePruningConfig", "NeuralCleanseConfig", "NeuralCleanseResult", "Strip",
-           "UnlearnConfig", "activation_clustering", "fine_prune", "neural_cleanse", "prune_neurons",
+           "UnlearnConfig", "activation_clustering", "fine_prune", "neural_cleanse", "persistence", "prune_neurons",
            "spectral_signatures", "stamp", "unlearn"]

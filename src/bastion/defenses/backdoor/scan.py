@@ -90,7 +90,9 @@ def run_scan(clf: Classifier, train: Dataset, test: Dataset, s: ScanSettings) ->
 
             out = activation_clustering(clf, data.x, data.y, ActivationClusteringConfig(seed=s.seed))
             per_class = out["per_class"]
-            suspected = max(out["flagged_classes"], key=lambda k: per_class[k]["silhouette"] or 0.0) \
+            # the flagged class whose candidate cluster is most persistent (smallest failure ratio)
+            suspected = min(out["flagged_classes"], key=lambda k: (per_class[k].get("failure_ratio", 0.0),
+                                                                    -(per_class[k]["silhouette"] or 0.0))) \
                 if out["flagged_classes"] else None
         else:
             from bastion.defenses.backdoor.spectral import spectral_signatures
