@@ -60,14 +60,16 @@ def test_scan_neural_cleanse_writes_trigger_pngs(ckpt: Path, tmp_path: Path, cap
     assert len(pngs) == 10 and pngs[0].read_bytes()[:4] == b"\x89PNG"
 
 
-def test_scan_spectral_on_a_poisoned_file(ckpt: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("rounds", [1, 5])
+def test_scan_spectral_on_a_poisoned_file(ckpt: Path, tmp_path: Path, capsys, rounds: int) -> None:
     data = tmp_path / "p.npz"
     assert run(["poison", "--fraction", "0.05", "--target", "0", "--out", str(data)]) == 0
     capsys.readouterr()
     assert run(["scan", "--model", str(ckpt), "--data", str(data), "--method", "spectral", "--eps", "0.33",
-                "--json"]) == 0
+                "--rounds", str(rounds), "--json"]) == 0
     rep = _json(capsys)
     assert rep["method"] == "spectral" and rep["n_analysed"] == 4000
+    assert rep["config"]["rounds"] == rounds
     with np.load(data, allow_pickle=False) as z:
         truth = set(z["poisoned_index"].tolist())
     found = set(rep["flagged_index"]) & truth
@@ -82,6 +84,7 @@ def test_scan_spectral_on_a_poisoned_file(ckpt: Path, tmp_path: Path, capsys) ->
     (["poison", "--attack", "clean-label"], "needs --model"),
     (["poison", "--attack", "gradient-matching"], "valid"),
     (["scan", "--model", "nope.st", "--method", "magic"], "valid"),
+    (["scan", "--model", "nope.st", "--method", "spectral", "--rounds", "0"], "--rounds"),
 ])
 def test_bad_input_exits_2(argv, msg, tmp_path: Path, capsys) -> None:
     if argv[0] == "poison":

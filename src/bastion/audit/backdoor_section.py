@@ -5,6 +5,7 @@
       n_clean: 300        # clean test inputs for Neural Cleanse / STRIP
       epochs: 20          # Neural Cleanse epochs (of 10 mini-batches)
       eps: 0.1            # spectral signatures: assumed poisoned share of a class
+      rounds: 1           # spectral signatures: removal steps (1 = one-shot, as the paper)
       n_train: null       # training inputs analysed by clustering / spectral (null = all)
 
 Each method is one resumable step. The report shows a per-class table per method, the
@@ -51,6 +52,7 @@ class BackdoorSpec(BaseModel):
     n_clean: int = Field(300, ge=2, le=1_000_000, strict=True)
     epochs: int = Field(20, ge=1, le=100_000, strict=True)
     eps: float = Field(0.1, ge=0, le=1)
+    rounds: int = Field(1, ge=1, le=10_000, strict=True)
     frr: float = Field(0.01, ge=0, le=1)
     n_train: int | None = Field(None, ge=2, le=10**8, strict=True)
 
@@ -77,7 +79,7 @@ def run_backdoor_section(ctx: AuditContext, cfg: dict[str, Any]) -> SectionOutpu
     out = SectionOutput(name=name, kind="backdoor")
     results: dict[str, Any] = {}
     for method in spec.methods:
-        s = ScanSettings(method=method, n_clean=spec.n_clean, epochs=spec.epochs, eps=spec.eps, frr=spec.frr,
+        s = ScanSettings(method=method, n_clean=spec.n_clean, epochs=spec.epochs, eps=spec.eps, rounds=spec.rounds, frr=spec.frr,
                          n_train=spec.n_train, seed=ctx.seed)
         s.validate()
         key = f"backdoor/{name}/{method}/{json.dumps(s.__dict__, sort_keys=True)}"

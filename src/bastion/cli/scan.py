@@ -64,6 +64,8 @@ def scan_cmd(
     n_clean: int = typer.Option(300, "--n-clean", help="Clean test inputs for Neural Cleanse / STRIP."),
     epochs: int = typer.Option(20, "--epochs", help="Neural Cleanse: epochs of 10 mini-batches."),
     eps: float = typer.Option(0.1, "--eps", help="Spectral: assumed poisoned share of a class."),
+    rounds: int = typer.Option(1, "--rounds", help="Spectral: removal steps, re-estimating the direction "
+                               "after each (1 = the paper's one-shot removal)."),
     frr: float = typer.Option(0.01, "--frr", help="STRIP: false rejection rate on clean inputs."),
     n_train: int = typer.Option(None, "--n-train", help="Training inputs analysed (default: all)."),
     out_dir: Path = typer.Option(None, "--out-dir", help="Folder for the reversed trigger PNGs "
@@ -85,11 +87,12 @@ def scan_cmd(
     check_int(epochs, "--epochs", 1, 100_000)
     check_int(n_train, "--n-train", 2, 10**8)
     check_float(eps, "--eps", low=0.0, high=1.0)
+    check_int(rounds, "--rounds", 1, 10_000)
     check_float(frr, "--frr", low=0.0, high=1.0)
     check_common(seed, device, root)
     check_input_path(model, "--model")
     check_input_path(out_dir, "--out-dir")
-    s = ScanSettings(method=str(method).lower(), n_clean=n_clean, epochs=epochs, eps=eps, frr=frr,
+    s = ScanSettings(method=str(method).lower(), n_clean=n_clean, epochs=epochs, eps=eps, rounds=rounds, frr=frr,
                      n_train=n_train, seed=seed)
     s.validate()
     setup(quiet, wide, threads)

@@ -25,6 +25,8 @@ class ScanSettings:
         n_clean: clean inputs Neural Cleanse / STRIP use (from the test split).
         epochs: Neural Cleanse epochs (of 10 mini-batches).
         eps: spectral signatures' assumed poisoned share of a class.
+        rounds: spectral signatures' removal steps (1 = Tran et al.'s one-shot removal;
+            more re-estimate the direction on the kept examples after every step).
         frr: STRIP's false rejection rate on clean inputs.
         n_train: training inputs analysed by activation clustering / spectral (None = all).
         seed: seeds the optimisation and sampling.
@@ -34,6 +36,7 @@ class ScanSettings:
     n_clean: int = 300
     epochs: int = 20
     eps: float = 0.1
+    rounds: int = 1
     frr: float = 0.01
     n_train: int | None = None
     seed: int = 0
@@ -44,6 +47,7 @@ class ScanSettings:
         check_number(self.n_clean, "n_clean", low=2, high=1_000_000, integer=True)
         check_number(self.epochs, "epochs", low=1, high=100_000, integer=True)
         check_number(self.eps, "eps", low=0.0, high=1.0)
+        check_number(self.rounds, "rounds", low=1, high=10_000, integer=True)
         check_number(self.frr, "frr", low=0.0, high=1.0)
         if self.n_train is not None:
             check_number(self.n_train, "n_train", low=2, high=10**8, integer=True)
@@ -98,7 +102,7 @@ def run_scan(clf: Classifier, train: Dataset, test: Dataset, s: ScanSettings) ->
             from bastion.defenses.backdoor.spectral import spectral_signatures
             from bastion.metrics.poisoning import anomaly_index
 
-            out = spectral_signatures(clf, data.x, data.y, eps=s.eps)
+            out = spectral_signatures(clf, data.x, data.y, eps=s.eps, rounds=s.rounds)
             per_class = out["per_class"]
             ratios = torch.tensor([p.get("score_ratio") or 0.0 for p in per_class])
             anom = anomaly_index(ratios)
